@@ -1,0 +1,185 @@
+//! The typed configuration the runtime uses. Built only by
+//! [`super::validate`], so every value here has already been checked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use jsonwebtoken::Algorithm;
+
+use crate::policy::entitlements::Requirement;
+use crate::policy::ip::IpList;
+use crate::routing::{PathTemplate, RouteTable};
+
+/// A validated configuration. Immutable once built; the live one is swapped
+/// whole.
+#[derive(Debug)]
+pub struct Config {
+    /// File it was read from (for messages).
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub issuers: Vec<Arc<IssuerConfig>>,
+    pub upstreams: Vec<Arc<UpstreamConfig>>,
+    pub routes: Vec<RouteConfig>,
+    /// The compiled matcher over `routes` (same indices).
+    pub route_table: RouteTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub tls: Option<TlsSettings>,
+    pub threads: usize,
+    pub trusted_proxies: IpList,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: String,
+    /// Name of the env var with the admin bearer token (mutating endpoints).
+    pub token_env: Option<String>,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// A JWKS endpoint, refreshed in the background.
+    JwksUrl(String),
+    /// A JWKS JSON document read from a file at load time (already parsed).
+    JwksFile { path: PathBuf, document: String },
+    /// An HMAC shared secret read from an env var at load time.
+    HmacSecret { env: String, secret: Secret },
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::JwksUrl(url) => f.debug_tuple("JwksUrl").field(url).finish(),
+            KeySource::JwksFile { path, .. } => {
+                f.debug_struct("JwksFile").field("path", path).finish()
+            }
+            KeySource::HmacSecret { env, .. } => {
+                f.debug_struct("HmacSecret").field("env", env).finish_non_exhaustive()
+            }
+        }
+    }
+}
+
+/// Secret bytes that never print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Accepted JOSE `typ` values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenTypes {
+    /// Compared case-insensitively (RFC 7515 §4.1.9 recommends it).
+    pub values: Vec<String>,
+    /// Whether a token without `typ` is accepted.
+    pub allow_absent: bool,
+}
+
+impl Default for TokenTypes {
+    fn default() -> Self {
+        TokenTypes {
+            values: vec!["JWT".into(), "at+jwt".into(), "application/at+jwt".into()],
+            allow_absent: true,
+        }
+    }
+}
+
+/// One trusted token issuer (`[[issuers]]`).
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// If non-empty, `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub token_types: TokenTypes,
+    pub keys: KeySource,
+    pub jwks_refresh: Duration,
+    pub jwks_min_refetch: Duration,
+    pub leeway_seconds: u64,
+    pub client_id_claims: Vec<String>,
+    /// Dotted path split into segments (`realm_access.roles` → `["realm_access", "roles"]`).
+    pub entitlements_claim: Vec<String>,
+}
+
+/// How the gateway authenticates itself to an upstream when a route strips
+/// the caller's `Authorization`.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    Bearer { env: String, token: Secret },
+    Header { name: http::HeaderName, env: String, value: Secret },
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAuth::Bearer { env, .. } => write!(f, "Bearer(from ${env})"),
+            UpstreamAuth::Header { name, env, .. } => write!(f, "Header({name} from ${env})"),
+        }
+    }
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub tls: bool,
+    /// Host of `url` (used for SNI and the default `Host`).
+    pub host: String,
+    /// `host:port` addresses, `url`'s first, then `endpoints`; round-robin.
+    pub addresses: Vec<String>,
+    /// `Host` header sent upstream.
+    pub host_header: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub auth: Option<UpstreamAuth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    None,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// `None` = all methods.
+    pub methods: Option<Vec<Method>>,
+    pub path: PathTemplate,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub auth: AuthMode,
+    /// Indices into [`Config::issuers`] this route accepts.
+    pub issuers: Vec<usize>,
+    /// `require_all` / `require_any`.
+    pub entitlements: Requirement,
+    pub ip_allow: Option<IpList>,
+    pub ip_deny: Option<IpList>,
+    pub strip_authorization: bool,
+    pub read_timeout: Duration,
+}

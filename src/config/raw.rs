@@ -1,0 +1,106 @@
+//! Serde structs that mirror the TOML file exactly. No logic here: every
+//! value is checked and converted in [`super::validate`]. Unknown keys are an
+//! error everywhere, so a typo never silently weakens a policy.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Vec<String>>,
+    pub tls: Option<RawTls>,
+    pub threads: Option<i64>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub max_body_bytes: Option<i64>,
+    pub max_header_bytes: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub header_timeout_ms: Option<i64>,
+    pub body_timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Option<Vec<String>>,
+    pub token_types: Option<Vec<String>>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    pub hmac_secret_env: Option<String>,
+    pub jwks_refresh_seconds: Option<i64>,
+    pub jwks_min_refetch_seconds: Option<i64>,
+    pub leeway_seconds: Option<i64>,
+    pub client_id_claims: Option<Vec<String>>,
+    pub entitlements_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub url: String,
+    pub endpoints: Option<Vec<String>>,
+    pub host_header: Option<String>,
+    pub connect_timeout_ms: Option<i64>,
+    pub read_timeout_ms: Option<i64>,
+    pub auth: Option<RawUpstreamAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamAuth {
+    pub bearer_env: Option<String>,
+    pub header: Option<String>,
+    pub value_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub methods: Option<Vec<String>>,
+    pub path: String,
+    pub upstream: String,
+    pub auth: Option<String>,
+    pub issuers: Option<Vec<String>>,
+    #[serde(default)]
+    pub require_all: Vec<String>,
+    #[serde(default)]
+    pub require_any: Vec<String>,
+    pub ip_allow: Option<Vec<String>>,
+    pub ip_deny: Option<Vec<String>>,
+    #[serde(default)]
+    pub strip_authorization: bool,
+    pub read_timeout_ms: Option<i64>,
+}

@@ -1,0 +1,914 @@
+//! Raw → typed, collecting every error with its key path.
+//!
+//! Each section is deserialized on its own (element by element for arrays)
+//! so that one bad route does not hide the problems of the next one; then
+//! each value is checked and converted. Nothing here panics on bad input.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use jsonwebtoken::Algorithm;
+use serde::de::DeserializeOwned;
+
+use super::model::*;
+use super::raw::*;
+use super::{ConfigError, Loaded};
+use crate::policy::entitlements::Requirement;
+use crate::policy::ip::IpList;
+use crate::routing::{PathTemplate, RouteSpec, RouteTable};
+
+const TOP_LEVEL_KEYS: &[&str] = &["server", "admin", "issuers", "upstreams", "routes"];
+
+/// Where errors accumulate while validating.
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validate config text; `origin` anchors relative paths.
+pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
+    let mut errs = Errors(Vec::new());
+    let base_dir = origin
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push("", format!("not valid TOML: {}", e.to_string().trim_end()));
+            return Err(errs.0);
+        }
+    };
+    for key in table.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            errs.push(
+                key.clone(),
+                format!(
+                    "unknown key{}",
+                    suggestion(key, TOP_LEVEL_KEYS.iter().copied())
+                ),
+            );
+        }
+    }
+
+    let raw_server: RawServer = section(&table, "server", &mut errs).unwrap_or_default();
+    let raw_admin: RawAdmin = section(&table, "admin", &mut errs).unwrap_or_default();
+    let raw_issuers: Vec<Option<RawIssuer>> = array(&table, "issuers", &mut errs);
+    let raw_upstreams: Vec<Option<RawUpstream>> = array(&table, "upstreams", &mut errs);
+    let raw_routes: Vec<Option<RawRoute>> = array(&table, "routes", &mut errs);
+
+    let server = server_settings(raw_server, &base_dir, &mut errs);
+    let admin = admin_settings(raw_admin, &mut errs);
+
+    let mut issuers = Vec::new();
+    let mut issuer_names: HashMap<String, usize> = HashMap::new();
+    // Entries that failed to deserialize still reserve their name slot as
+    // "unknown" so later references report the right thing.
+    for (i, raw) in raw_issuers.into_iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let path = format!("issuers[{i}]");
+        if issuer_names.contains_key(&raw.name) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate issuer name {:?}", raw.name),
+            );
+            continue;
+        }
+        if let Some(issuer) = issuer_config(raw, &path, &base_dir, &mut errs) {
+            issuer_names.insert(issuer.name.clone(), issuers.len());
+            issuers.push(Arc::new(issuer));
+        }
+    }
+
+    let mut upstreams = Vec::new();
+    let mut upstream_names: HashMap<String, usize> = HashMap::new();
+    for (i, raw) in raw_upstreams.into_iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let path = format!("upstreams[{i}]");
+        if upstream_names.contains_key(&raw.name) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate upstream name {:?}", raw.name),
+            );
+            continue;
+        }
+        if let Some(up) = upstream_config(raw, &path, &mut errs) {
+            upstream_names.insert(up.name.clone(), upstreams.len());
+            upstreams.push(Arc::new(up));
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut route_paths = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, raw) in raw_routes.into_iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let path = format!("routes[{i}]");
+        if !route_names.insert(raw.name.clone()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate route name {:?} (names label metrics and logs)", raw.name),
+            );
+        }
+        let ctx = RouteContext {
+            issuers: &issuer_names,
+            upstreams: &upstream_names,
+            upstream_configs: &upstreams,
+        };
+        if let Some(route) = route_config(raw, &path, &ctx, &mut errs) {
+            routes.push(route);
+            route_paths.push(path);
+        }
+    }
+
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+
+    let route_table = RouteTable::new(
+        routes
+            .iter()
+            .map(|r| RouteSpec {
+                methods: r.methods.clone(),
+                template: r.path.clone(),
+            })
+            .collect(),
+    );
+    let warnings = route_table
+        .shadowed()
+        .into_iter()
+        .map(|(shadowed, by)| {
+            format!(
+                "{}: route {:?} is never used: route {:?} ({}) matches every request it would",
+                route_paths[shadowed], routes[shadowed].name, routes[by].name, route_paths[by]
+            )
+        })
+        .collect();
+
+    Ok(Loaded {
+        config: Config {
+            source: origin.to_path_buf(),
+            server,
+            admin,
+            issuers,
+            upstreams,
+            routes,
+            route_table,
+        },
+        warnings,
+    })
+}
+
+// === deserialization with key paths ===
+
+fn deserialize<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+    errs: &mut Errors,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                prefix.to_string()
+            } else if inner.starts_with('[') {
+                format!("{prefix}{inner}")
+            } else {
+                format!("{prefix}.{inner}")
+            };
+            errs.push(path, serde_message(&e.into_inner()));
+            None
+        }
+    }
+}
+
+/// toml's messages carry a span that means nothing for a sub-value; keep the text.
+fn serde_message(e: &toml::de::Error) -> String {
+    e.message().trim_end().to_string()
+}
+
+fn section<T: DeserializeOwned>(table: &toml::Table, key: &str, errs: &mut Errors) -> Option<T> {
+    let value = table.get(key)?.clone();
+    if !value.is_table() {
+        errs.push(key, "must be a table");
+        return None;
+    }
+    deserialize(value, key, errs)
+}
+
+fn array<T: DeserializeOwned>(table: &toml::Table, key: &str, errs: &mut Errors) -> Vec<Option<T>> {
+    let Some(value) = table.get(key) else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        errs.push(key, format!("must be an array of tables ([[{key}]])"));
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| deserialize(item.clone(), &format!("{key}[{i}]"), errs))
+        .collect()
+}
+
+// === [server] and [admin] ===
+
+fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> ServerSettings {
+    let listen = raw
+        .listen
+        .unwrap_or_else(|| vec!["0.0.0.0:8080".to_string()]);
+    if listen.is_empty() {
+        errs.push("server.listen", "needs at least one address");
+    }
+    for (i, addr) in listen.iter().enumerate() {
+        if addr.parse::<SocketAddr>().is_err() {
+            errs.push(
+                format!("server.listen[{i}]"),
+                format!("{addr:?} is not an IP:port socket address"),
+            );
+        }
+    }
+    let tls = raw.tls.map(|t| TlsSettings {
+        cert_file: readable_file(&t.cert_file, base_dir, "server.tls.cert_file", errs),
+        key_file: readable_file(&t.key_file, base_dir, "server.tls.key_file", errs),
+    });
+    let default_threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = positive(raw.threads, default_threads as i64, 1024, "server.threads", errs) as usize;
+    let trusted_proxies = ip_list(
+        raw.trusted_proxies.as_deref().unwrap_or_default(),
+        "server.trusted_proxies",
+        errs,
+    );
+    // Pingora parses at most 256 headers (more is its own 400); 1 MiB of header bytes.
+    let max_headers = positive(raw.max_headers, 100, 256, "server.max_headers", errs) as usize;
+    let max_header_bytes = positive(
+        raw.max_header_bytes,
+        32768,
+        1_048_575,
+        "server.max_header_bytes",
+        errs,
+    ) as usize;
+    let max_body_bytes = positive(
+        raw.max_body_bytes,
+        65536,
+        i64::MAX,
+        "server.max_body_bytes",
+        errs,
+    ) as u64;
+    let header_timeout = millis(raw.header_timeout_ms, 10_000, "server.header_timeout_ms", errs);
+    let body_timeout = millis(raw.body_timeout_ms, 30_000, "server.body_timeout_ms", errs);
+    ServerSettings {
+        listen,
+        tls,
+        threads,
+        trusted_proxies: trusted_proxies.unwrap_or_default(),
+        max_body_bytes,
+        max_header_bytes,
+        max_headers,
+        header_timeout,
+        body_timeout,
+    }
+}
+
+fn admin_settings(raw: RawAdmin, errs: &mut Errors) -> AdminSettings {
+    let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:9090".to_string());
+    if listen.parse::<SocketAddr>().is_err() {
+        errs.push(
+            "admin.listen",
+            format!("{listen:?} is not an IP:port socket address"),
+        );
+    }
+    if let Some(env) = &raw.token_env {
+        env_secret(env, "admin.token_env", errs);
+    }
+    AdminSettings {
+        listen,
+        token_env: raw.token_env,
+    }
+}
+
+// === [[issuers]] ===
+
+fn issuer_config(
+    raw: RawIssuer,
+    path: &str,
+    base_dir: &Path,
+    errs: &mut Errors,
+) -> Option<IssuerConfig> {
+    let before = errs.0.len();
+    if raw.name.trim().is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+    }
+    if raw.issuer.is_empty() {
+        errs.push(format!("{path}.issuer"), "must not be empty");
+    }
+
+    let sources = [
+        raw.jwks_url.is_some(),
+        raw.jwks_file.is_some(),
+        raw.hmac_secret_env.is_some(),
+    ];
+    let source_count = sources.iter().filter(|s| **s).count();
+    if source_count != 1 {
+        errs.push(
+            path.to_string(),
+            "needs exactly one of jwks_url, jwks_file, hmac_secret_env",
+        );
+    }
+
+    let mut algorithms = Vec::new();
+    match &raw.algorithms {
+        None => errs.push(format!("{path}.algorithms"), "is required (e.g. [\"RS256\"])"),
+        Some(list) if list.is_empty() => {
+            errs.push(format!("{path}.algorithms"), "must name at least one algorithm")
+        }
+        Some(list) => {
+            for (i, name) in list.iter().enumerate() {
+                match parse_algorithm(name) {
+                    Ok(alg) => algorithms.push(alg),
+                    Err(msg) => errs.push(format!("{path}.algorithms[{i}]"), msg),
+                }
+            }
+        }
+    }
+    let is_hmac = |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    if raw.hmac_secret_env.is_some() {
+        if let Some(a) = algorithms.iter().find(|a| !is_hmac(a)) {
+            errs.push(
+                format!("{path}.algorithms"),
+                format!("{a:?} needs a public key; hmac_secret_env only verifies HS256/384/512"),
+            );
+        }
+    } else if let Some(a) = algorithms.iter().find(|a| is_hmac(a)) {
+        errs.push(
+            format!("{path}.algorithms"),
+            format!("{a:?} is only allowed with hmac_secret_env (never with public keys)"),
+        );
+    }
+
+    let keys = if let Some(url) = &raw.jwks_url {
+        check_url(url, &format!("{path}.jwks_url"), errs);
+        Some(KeySource::JwksUrl(url.clone()))
+    } else if let Some(file) = &raw.jwks_file {
+        let key = format!("{path}.jwks_file");
+        let full = base_dir.join(file);
+        match std::fs::read_to_string(&full) {
+            Err(e) => {
+                errs.push(key, format!("cannot read {}: {e}", full.display()));
+                None
+            }
+            Ok(document) => match crate::auth::keys::KeySet::from_jwks_json(document.as_bytes()) {
+                Err(e) => {
+                    errs.push(key, format!("{} is not a usable JWKS: {e}", full.display()));
+                    None
+                }
+                Ok(set) if set.is_empty() => {
+                    errs.push(key, format!("{} holds no usable verification key", full.display()));
+                    None
+                }
+                Ok(_) => Some(KeySource::JwksFile {
+                    path: full,
+                    document,
+                }),
+            },
+        }
+    } else if let Some(env) = &raw.hmac_secret_env {
+        let key = format!("{path}.hmac_secret_env");
+        env_secret(env, &key, errs).and_then(|secret| {
+            // RFC 7518 §3.2: the key must be at least as long as the hash output.
+            let needed = algorithms
+                .iter()
+                .map(|a| match a {
+                    Algorithm::HS384 => 48,
+                    Algorithm::HS512 => 64,
+                    _ => 32,
+                })
+                .max()
+                .unwrap_or(32);
+            if secret.0.len() < needed {
+                errs.push(
+                    key,
+                    format!("the secret in ${env} is shorter than {needed} bytes (RFC 7518 §3.2)"),
+                );
+                None
+            } else {
+                Some(KeySource::HmacSecret {
+                    env: env.clone(),
+                    secret,
+                })
+            }
+        })
+    } else {
+        None
+    };
+
+    let token_types = match raw.token_types {
+        None => TokenTypes::default(),
+        Some(values) => {
+            if values.is_empty() {
+                errs.push(format!("{path}.token_types"), "must not be empty");
+            }
+            TokenTypes {
+                values,
+                allow_absent: false,
+            }
+        }
+    };
+    let audiences = raw.audiences.unwrap_or_default();
+    for (i, a) in audiences.iter().enumerate() {
+        if a.is_empty() {
+            errs.push(format!("{path}.audiences[{i}]"), "must not be empty");
+        }
+    }
+    let jwks_refresh = Duration::from_secs(positive(
+        raw.jwks_refresh_seconds,
+        300,
+        86_400,
+        &format!("{path}.jwks_refresh_seconds"),
+        errs,
+    ) as u64);
+    let jwks_min_refetch = Duration::from_secs(non_negative(
+        raw.jwks_min_refetch_seconds,
+        30,
+        86_400,
+        &format!("{path}.jwks_min_refetch_seconds"),
+        errs,
+    ) as u64);
+    let leeway_seconds = non_negative(
+        raw.leeway_seconds,
+        30,
+        600,
+        &format!("{path}.leeway_seconds"),
+        errs,
+    ) as u64;
+    let client_id_claims = raw
+        .client_id_claims
+        .unwrap_or_else(|| vec!["client_id".into(), "azp".into(), "cid".into()]);
+    for (i, c) in client_id_claims.iter().enumerate() {
+        if c.is_empty() {
+            errs.push(format!("{path}.client_id_claims[{i}]"), "must not be empty");
+        }
+    }
+    let claim = raw
+        .entitlements_claim
+        .unwrap_or_else(|| "entitlements".to_string());
+    let entitlements_claim: Vec<String> = claim.split('.').map(str::to_string).collect();
+    if entitlements_claim.iter().any(String::is_empty) {
+        errs.push(
+            format!("{path}.entitlements_claim"),
+            format!("{claim:?} is not a claim name or dotted path"),
+        );
+    }
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(IssuerConfig {
+        name: raw.name,
+        issuer: raw.issuer,
+        audiences,
+        algorithms,
+        token_types,
+        keys: keys?,
+        jwks_refresh,
+        jwks_min_refetch,
+        leeway_seconds,
+        client_id_claims,
+        entitlements_claim,
+    })
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    Ok(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        other if other.eq_ignore_ascii_case("none") => {
+            return Err("\"none\" is never accepted: tokens must be signed".into())
+        }
+        other => {
+            return Err(format!(
+                "unknown algorithm {other:?}{}",
+                suggestion(other, ALGORITHMS.iter().copied())
+            ))
+        }
+    })
+}
+
+const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
+];
+
+// === [[upstreams]] ===
+
+fn upstream_config(raw: RawUpstream, path: &str, errs: &mut Errors) -> Option<UpstreamConfig> {
+    let before = errs.0.len();
+    if raw.name.trim().is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+    }
+    let url_key = format!("{path}.url");
+    let parsed = check_url(&raw.url, &url_key, errs);
+    let (tls, host, port) = match &parsed {
+        Some(url) => {
+            if !(url.path().is_empty() || url.path() == "/") || url.query().is_some() {
+                errs.push(
+                    url_key.clone(),
+                    "must be scheme://host:port only; the request path is forwarded unchanged",
+                );
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                errs.push(url_key.clone(), "must not carry credentials; use `auth`");
+            }
+            let host = url.host_str().unwrap_or_default().to_string();
+            let port = url.port_or_known_default().unwrap_or(80);
+            (url.scheme() == "https", host, port)
+        }
+        None => (false, String::new(), 0),
+    };
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let mut addresses = vec![format_addr(&bare_host, port)];
+    for (i, ep) in raw.endpoints.unwrap_or_default().iter().enumerate() {
+        match split_host_port(ep) {
+            Some((h, p)) => addresses.push(format_addr(h, p)),
+            None => errs.push(
+                format!("{path}.endpoints[{i}]"),
+                format!("{ep:?} is not host:port"),
+            ),
+        }
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let host_header = raw.host_header.unwrap_or_else(|| {
+        if port == default_port {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        }
+    });
+    if http::HeaderValue::from_str(&host_header).is_err() || host_header.is_empty() {
+        errs.push(format!("{path}.host_header"), "is not a valid Host value");
+    }
+    let connect_timeout = millis(
+        raw.connect_timeout_ms,
+        2000,
+        &format!("{path}.connect_timeout_ms"),
+        errs,
+    );
+    let read_timeout = millis(
+        raw.read_timeout_ms,
+        30_000,
+        &format!("{path}.read_timeout_ms"),
+        errs,
+    );
+    let auth = raw.auth.and_then(|a| upstream_auth(a, &format!("{path}.auth"), errs));
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(UpstreamConfig {
+        name: raw.name,
+        tls,
+        host: bare_host,
+        addresses,
+        host_header,
+        connect_timeout,
+        read_timeout,
+        auth,
+    })
+}
+
+fn upstream_auth(raw: RawUpstreamAuth, path: &str, errs: &mut Errors) -> Option<UpstreamAuth> {
+    match (raw.bearer_env, raw.header, raw.value_env) {
+        (Some(env), None, None) => {
+            let token = env_secret(&env, &format!("{path}.bearer_env"), errs)?;
+            Some(UpstreamAuth::Bearer { env, token })
+        }
+        (None, Some(header), Some(env)) => {
+            let name = match http::HeaderName::from_bytes(header.as_bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    errs.push(format!("{path}.header"), format!("{header:?} is not a header name"));
+                    return None;
+                }
+            };
+            let value = env_secret(&env, &format!("{path}.value_env"), errs)?;
+            Some(UpstreamAuth::Header { name, env, value })
+        }
+        _ => {
+            errs.push(
+                path.to_string(),
+                "use either { bearer_env = \"VAR\" } or { header = \"NAME\", value_env = \"VAR\" }",
+            );
+            None
+        }
+    }
+}
+
+fn format_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+// === [[routes]] ===
+
+struct RouteContext<'a> {
+    issuers: &'a HashMap<String, usize>,
+    upstreams: &'a HashMap<String, usize>,
+    upstream_configs: &'a [Arc<UpstreamConfig>],
+}
+
+fn route_config(
+    raw: RawRoute,
+    path: &str,
+    ctx: &RouteContext<'_>,
+    errs: &mut Errors,
+) -> Option<RouteConfig> {
+    let before = errs.0.len();
+    if raw.name.trim().is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+    }
+    let methods = raw.methods.as_ref().map(|list| {
+        if list.is_empty() {
+            errs.push(format!("{path}.methods"), "must not be empty (omit it for all methods)");
+        }
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, m)| match parse_method(m) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    errs.push(format!("{path}.methods[{i}]"), e);
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let template = match PathTemplate::parse(&raw.path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errs.push(format!("{path}.path"), format!("bad template {:?}: {e}", raw.path));
+            None
+        }
+    };
+    let upstream = lookup_name(
+        &raw.upstream,
+        ctx.upstreams,
+        "upstream",
+        &format!("{path}.upstream"),
+        errs,
+    );
+    let auth = match raw.auth.as_deref() {
+        None | Some("required") => AuthMode::Required,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            errs.push(
+                format!("{path}.auth"),
+                format!("{other:?} is not \"required\" or \"none\""),
+            );
+            AuthMode::Required
+        }
+    };
+    let issuers = match &raw.issuers {
+        None => {
+            let mut all: Vec<usize> = ctx.issuers.values().copied().collect();
+            all.sort_unstable();
+            all
+        }
+        Some(names) => names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                lookup_name(n, ctx.issuers, "issuer", &format!("{path}.issuers[{i}]"), errs)
+            })
+            .collect(),
+    };
+    if auth == AuthMode::Required && issuers.is_empty() && errs.0.len() == before {
+        errs.push(
+            path.to_string(),
+            "requires a token but no issuer is configured (add [[issuers]] or auth = \"none\")",
+        );
+    }
+    if auth == AuthMode::None {
+        for (key, present) in [
+            ("issuers", raw.issuers.is_some()),
+            ("require_all", !raw.require_all.is_empty()),
+            ("require_any", !raw.require_any.is_empty()),
+        ] {
+            if present {
+                errs.push(
+                    format!("{path}.{key}"),
+                    "makes no sense with auth = \"none\" (no token is checked)",
+                );
+            }
+        }
+    }
+    for (key, list) in [("require_all", &raw.require_all), ("require_any", &raw.require_any)] {
+        for (i, name) in list.iter().enumerate() {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '"') {
+                errs.push(
+                    format!("{path}.{key}[{i}]"),
+                    format!("{name:?} is not an entitlement name"),
+                );
+            }
+        }
+    }
+    let ip_allow = raw
+        .ip_allow
+        .as_ref()
+        .and_then(|l| ip_list(l, &format!("{path}.ip_allow"), errs));
+    let ip_deny = raw
+        .ip_deny
+        .as_ref()
+        .and_then(|l| ip_list(l, &format!("{path}.ip_deny"), errs));
+    let read_timeout = match (raw.read_timeout_ms, upstream) {
+        (Some(ms), _) => millis(Some(ms), 0, &format!("{path}.read_timeout_ms"), errs),
+        (None, Some(u)) => ctx.upstream_configs[u].read_timeout,
+        (None, None) => Duration::ZERO,
+    };
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: raw.name,
+        methods,
+        path: template?,
+        upstream: upstream?,
+        auth,
+        issuers,
+        entitlements: Requirement::new(raw.require_all, raw.require_any),
+        ip_allow,
+        ip_deny,
+        strip_authorization: raw.strip_authorization,
+        read_timeout,
+    })
+}
+
+fn parse_method(m: &str) -> Result<Method, String> {
+    const KNOWN: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    if KNOWN.contains(&m) {
+        Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "{m:?} is not a method the gateway forwards{}",
+            suggestion(&m.to_ascii_uppercase(), KNOWN.iter().copied())
+        ))
+    }
+}
+
+fn lookup_name(
+    name: &str,
+    names: &HashMap<String, usize>,
+    what: &str,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<usize> {
+    match names.get(name) {
+        Some(i) => Some(*i),
+        None => {
+            errs.push(
+                path.to_string(),
+                format!(
+                    "no {what} named {name:?}{}",
+                    suggestion(name, names.keys().map(String::as_str))
+                ),
+            );
+            None
+        }
+    }
+}
+
+// === shared value checks ===
+
+fn positive(value: Option<i64>, default: i64, max: i64, path: &str, errs: &mut Errors) -> i64 {
+    match value {
+        None => default,
+        Some(v) if v >= 1 && v <= max => v,
+        Some(v) => {
+            errs.push(path.to_string(), format!("{v} is out of range 1..={max}"));
+            default
+        }
+    }
+}
+
+fn non_negative(value: Option<i64>, default: i64, max: i64, path: &str, errs: &mut Errors) -> i64 {
+    match value {
+        None => default,
+        Some(v) if (0..=max).contains(&v) => v,
+        Some(v) => {
+            errs.push(path.to_string(), format!("{v} is out of range 0..={max}"));
+            default
+        }
+    }
+}
+
+fn millis(value: Option<i64>, default: i64, path: &str, errs: &mut Errors) -> Duration {
+    Duration::from_millis(positive(value, default, 3_600_000, path, errs) as u64)
+}
+
+fn ip_list(entries: &[String], path: &str, errs: &mut Errors) -> Option<IpList> {
+    match IpList::parse(entries) {
+        Ok(list) => Some(list),
+        Err(bad) => {
+            for (i, reason) in bad {
+                errs.push(format!("{path}[{i}]"), reason);
+            }
+            None
+        }
+    }
+}
+
+fn readable_file(name: &str, base_dir: &Path, path: &str, errs: &mut Errors) -> PathBuf {
+    let full = base_dir.join(name);
+    if let Err(e) = std::fs::File::open(&full) {
+        errs.push(path.to_string(), format!("cannot read {}: {e}", full.display()));
+    }
+    full
+}
+
+fn check_url(url: &str, path: &str, errs: &mut Errors) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
+            Some(u)
+        }
+        Ok(_) => {
+            errs.push(path.to_string(), format!("{url:?} must be an http:// or https:// URL"));
+            None
+        }
+        Err(e) => {
+            errs.push(path.to_string(), format!("{url:?} is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+/// Read a secret from the environment. The value is never printed.
+fn env_secret(env: &str, path: &str, errs: &mut Errors) -> Option<Secret> {
+    match std::env::var_os(env) {
+        Some(v) if !v.is_empty() => Some(Secret(v.into_encoded_bytes())),
+        Some(_) => {
+            errs.push(path.to_string(), format!("environment variable {env} is empty"));
+            None
+        }
+        None => {
+            errs.push(path.to_string(), format!("environment variable {env} is not set"));
+            None
+        }
+    }
+}
+
+/// `"; did you mean \"x\"?"` when a candidate is close enough, else `""`.
+pub(crate) fn suggestion<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| format!("; did you mean {c:?}?"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,260 @@
+//! The one error type of the request path.
+//!
+//! Every refusal the gateway produces is a [`GatewayError`]. Each variant has
+//! exactly one HTTP status, one stable `error` code (the JSON body's `error`
+//! field, also the metric label) and a human message. `proxy::respond` is the
+//! only place that turns one into bytes on the wire.
+
+use std::fmt;
+
+/// Why a request was refused. The `&'static str` / `String` payloads are
+/// human-readable detail for the `message` field; they never contain a token,
+/// key or secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    // --- step 1: request target, path and framing (400 / 431) ---
+    /// Request target not in origin-form (absolute-form, authority-form, `*`).
+    #[error("request target must be origin-form (a path): {0}")]
+    InvalidRequestTarget(&'static str),
+    /// The path could be read two ways (dot segments, encoded slashes, ...).
+    #[error("path rejected: {0}")]
+    InvalidPath(&'static str),
+    /// Ambiguous message framing (Content-Length with Transfer-Encoding, ...).
+    #[error("ambiguous message framing: {0}")]
+    InvalidFraming(&'static str),
+    /// A header that would change the method or path behind the router's back.
+    #[error("header not allowed: {0}")]
+    OverrideHeader(String),
+    /// A header that must appear at most once appeared more often.
+    #[error("duplicate header: {0}")]
+    DuplicateHeader(&'static str),
+    /// Any other header the gateway refuses (`Upgrade`, underscore aliases, bad values).
+    #[error("header not allowed: {0}")]
+    ForbiddenHeader(String),
+    /// A bearer token in the query string (`access_token=`), RFC 6750 §2.3.
+    #[error("tokens in the query string are not accepted; use the Authorization header")]
+    TokenInQuery,
+    /// Request headers over `server.max_header_bytes` / `server.max_headers`.
+    #[error("request headers too large: {0}")]
+    HeadersTooLarge(&'static str),
+    /// Declared body over `server.max_body_bytes`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+
+    // --- step 2: routing ---
+    #[error("no route for this path")]
+    NoRoute,
+    /// The path matches, the method does not; carries the `Allow` header value.
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: String },
+
+    // --- step 3: client IP ---
+    #[error("client address not allowed on this route")]
+    IpDenied,
+
+    // --- step 4: token (401 unless noted) ---
+    #[error("bearer token required")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(TokenFault),
+    /// No keys were ever loaded for the token's issuer (503, fail closed).
+    #[error("signing keys for this issuer are not available")]
+    KeysUnavailable,
+
+    // --- step 6: entitlements (403) ---
+    #[error("missing entitlements: {missing}")]
+    InsufficientEntitlements {
+        /// Space-separated entitlements the route requires (the `scope` attribute).
+        required: String,
+        /// What the caller lacks, for the message.
+        missing: String,
+    },
+
+    // --- step 8: forwarding ---
+    #[error("upstream unreachable")]
+    UpstreamUnreachable,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("internal error")]
+    Internal,
+}
+
+/// The precise reason a token was refused. Each has its own error code so
+/// refusals can be counted per token rule; all of them are `401` with
+/// `WWW-Authenticate: Bearer error="invalid_token"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFault {
+    /// `Authorization` present but not `Bearer <token>`.
+    BadScheme,
+    /// Not three base64url parts, bad JSON, wrong types.
+    Malformed,
+    /// A JSON member appears twice in the header or claims.
+    DuplicateMember,
+    /// No configured issuer has this `iss` (or `iss` missing).
+    UnknownIssuer,
+    /// The issuer is configured but this route does not accept it.
+    IssuerNotAccepted,
+    /// `alg` not in the issuer's list (including `none`).
+    AlgorithmNotAllowed,
+    /// `typ` not in the issuer's `token_types`.
+    TypeNotAllowed,
+    /// `crit` names an extension the gateway does not understand.
+    UnsupportedCritical,
+    /// No key with this `kid` (after the throttled refetch).
+    UnknownKey,
+    /// Signature does not verify.
+    BadSignature,
+    /// `exp` claim absent.
+    MissingExpiry,
+    /// `exp` in the past (beyond leeway).
+    Expired,
+    /// `nbf` in the future (beyond leeway).
+    NotYetValid,
+    /// `iat` in the future (beyond leeway).
+    IssuedInFuture,
+    /// `aud` does not contain any configured audience.
+    BadAudience,
+}
+
+impl TokenFault {
+    /// Stable error code, used in the JSON body and as a metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenFault::BadScheme => "invalid_authorization_scheme",
+            TokenFault::Malformed => "malformed_token",
+            TokenFault::DuplicateMember => "duplicate_json_member",
+            TokenFault::UnknownIssuer => "unknown_issuer",
+            TokenFault::IssuerNotAccepted => "issuer_not_accepted",
+            TokenFault::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenFault::TypeNotAllowed => "token_type_not_allowed",
+            TokenFault::UnsupportedCritical => "unsupported_critical_header",
+            TokenFault::UnknownKey => "unknown_key",
+            TokenFault::BadSignature => "bad_signature",
+            TokenFault::MissingExpiry => "missing_exp",
+            TokenFault::Expired => "token_expired",
+            TokenFault::NotYetValid => "token_not_yet_valid",
+            TokenFault::IssuedInFuture => "token_issued_in_future",
+            TokenFault::BadAudience => "audience_mismatch",
+        }
+    }
+
+    /// Text for `error_description` and the JSON `message`.
+    pub fn description(self) -> &'static str {
+        match self {
+            TokenFault::BadScheme => "the Authorization scheme must be Bearer",
+            TokenFault::Malformed => "the token is not a well-formed JWT",
+            TokenFault::DuplicateMember => "the token repeats a JSON member",
+            TokenFault::UnknownIssuer => "the token's issuer is not trusted",
+            TokenFault::IssuerNotAccepted => "the token's issuer is not accepted on this route",
+            TokenFault::AlgorithmNotAllowed => "the token's algorithm is not allowed",
+            TokenFault::TypeNotAllowed => "the token's type is not allowed",
+            TokenFault::UnsupportedCritical => "the token has an unsupported critical header",
+            TokenFault::UnknownKey => "the token's signing key is unknown",
+            TokenFault::BadSignature => "the token's signature is invalid",
+            TokenFault::MissingExpiry => "the token has no expiry",
+            TokenFault::Expired => "the token has expired",
+            TokenFault::NotYetValid => "the token is not yet valid",
+            TokenFault::IssuedInFuture => "the token was issued in the future",
+            TokenFault::BadAudience => "the token's audience is not accepted",
+        }
+    }
+}
+
+impl fmt::Display for TokenFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+impl GatewayError {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            InvalidRequestTarget(_) | InvalidPath(_) | InvalidFraming(_) | OverrideHeader(_)
+            | DuplicateHeader(_) | ForbiddenHeader(_) | TokenInQuery => 400,
+            HeadersTooLarge(_) => 431,
+            BodyTooLarge(_) => 413,
+            NoRoute => 404,
+            MethodNotAllowed { .. } => 405,
+            IpDenied => 403,
+            MissingToken | InvalidToken(_) => 401,
+            KeysUnavailable => 503,
+            InsufficientEntitlements { .. } => 403,
+            UpstreamUnreachable => 502,
+            UpstreamTimeout => 504,
+            Internal => 500,
+        }
+    }
+
+    /// The stable `error` code of the JSON body; also the metric label.
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidRequestTarget(_) => "invalid_request_target",
+            InvalidPath(_) => "invalid_path",
+            InvalidFraming(_) => "invalid_framing",
+            OverrideHeader(_) => "override_header",
+            DuplicateHeader(_) => "duplicate_header",
+            ForbiddenHeader(_) => "forbidden_header",
+            TokenInQuery => "token_in_query",
+            HeadersTooLarge(_) => "headers_too_large",
+            BodyTooLarge(_) => "body_too_large",
+            NoRoute => "no_route",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            IpDenied => "ip_denied",
+            MissingToken => "missing_token",
+            InvalidToken(fault) => fault.code(),
+            KeysUnavailable => "keys_unavailable",
+            InsufficientEntitlements { .. } => "insufficient_entitlements",
+            UpstreamUnreachable => "upstream_unreachable",
+            UpstreamTimeout => "upstream_timeout",
+            Internal => "internal_error",
+        }
+    }
+
+    /// Whether the connection must be closed after answering (a refusal of
+    /// the request line or framing leaves the byte stream untrustworthy).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::InvalidFraming(_)
+                | GatewayError::HeadersTooLarge(_)
+                | GatewayError::BodyTooLarge(_)
+                | GatewayError::InvalidRequestTarget(_)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_faults_are_401_with_distinct_codes() {
+        let faults = [
+            TokenFault::BadScheme,
+            TokenFault::Malformed,
+            TokenFault::DuplicateMember,
+            TokenFault::UnknownIssuer,
+            TokenFault::IssuerNotAccepted,
+            TokenFault::AlgorithmNotAllowed,
+            TokenFault::TypeNotAllowed,
+            TokenFault::UnsupportedCritical,
+            TokenFault::UnknownKey,
+            TokenFault::BadSignature,
+            TokenFault::MissingExpiry,
+            TokenFault::Expired,
+            TokenFault::NotYetValid,
+            TokenFault::IssuedInFuture,
+            TokenFault::BadAudience,
+        ];
+        let mut codes: Vec<_> = faults.iter().map(|f| f.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), faults.len());
+        for f in faults {
+            assert_eq!(GatewayError::InvalidToken(f).status(), 401);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Portcullis: an authenticating reverse proxy for IAM admin APIs.
+//!
+//! The library holds everything; `main.rs` is a thin CLI over it. Pure
+//! policy (`routing`, `auth`, `policy`) knows nothing of pingora; `proxy`
+//! wires it into pingora's phases.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
+pub mod server;

@@ -1,0 +1,234 @@
+//! Header hygiene for the request that goes upstream.
+//!
+//! Order matters: hop-by-hop headers — including every name the client
+//! nominated in `Connection` — are removed first, then client-sent identity
+//! and forwarding headers, and only then does the gateway add its own. So a
+//! client can neither forge an identity header nor nominate one for removal.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+
+use crate::config::model::{RouteConfig, UpstreamAuth, UpstreamConfig};
+
+/// Standard hop-by-hop fields (RFC 9110 §7.6.1) plus legacy ones. Framing
+/// (`Transfer-Encoding`, `Content-Length`) is left to pingora, which reframes
+/// the body itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Names a client may never remove by nominating them in `Connection`:
+/// removing them would change framing or routing, not hop-by-hop metadata.
+const NOT_NOMINATABLE: &[&str] = &["content-length", "transfer-encoding", "host"];
+
+/// Client-controlled forwarding headers: replaced, never trusted blindly.
+const FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+];
+
+pub const CLIENT_ID: &str = "x-portcullis-client-id";
+pub const SUBJECT: &str = "x-portcullis-subject";
+pub const ROUTE: &str = "x-portcullis-route";
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What the gateway knows about the request, to stamp on it.
+pub struct Forwarding<'a> {
+    pub route: &'a RouteConfig,
+    pub upstream: &'a UpstreamConfig,
+    pub request_id: &'a str,
+    pub client_id: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    /// Socket peer (canonical).
+    pub peer: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy (its X-Forwarded-For chain is kept).
+    pub peer_trusted: bool,
+    /// `http` or `https`, from the listener.
+    pub proto: &'static str,
+}
+
+/// Rewrite `upstream` (a copy of the downstream request) for forwarding.
+/// `downstream` is the request exactly as the client sent it.
+pub fn prepare(
+    downstream: &RequestHeader,
+    upstream: &mut RequestHeader,
+    f: &Forwarding<'_>,
+) -> pingora_error::Result<()> {
+    // 1. Names nominated in Connection (read from the client's request: pingora
+    //    may already have dropped `Connection` from the upstream copy).
+    for value in downstream.headers.get_all(http::header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.is_empty() {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
+                continue;
+            };
+            if !NOT_NOMINATABLE.contains(&name.as_str()) {
+                upstream.remove_header(&name);
+            }
+        }
+    }
+    // 2. Hop-by-hop.
+    for name in HOP_BY_HOP {
+        upstream.remove_header(*name);
+    }
+    // 3. Client-sent identity headers (every copy; HeaderMap names are lowercase).
+    let forged: Vec<HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-portcullis-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        upstream.remove_header(&name);
+    }
+    // 4. Forwarding headers: keep a trusted proxy's chain, replace anyone else's.
+    let prior_chain = if f.peer_trusted {
+        join_values(downstream, "x-forwarded-for")
+    } else {
+        None
+    };
+    let forwarded_host = downstream
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    for name in FORWARDING {
+        upstream.remove_header(*name);
+    }
+    if let Some(peer) = f.peer {
+        let xff = match prior_chain {
+            Some(chain) => format!("{chain}, {peer}"),
+            None => peer.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+    }
+    upstream.insert_header("x-forwarded-proto", f.proto)?;
+    if let Some(host) = forwarded_host {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            upstream.insert_header("x-forwarded-host", v)?;
+        }
+    }
+    // 5. The gateway's own identity headers.
+    upstream.insert_header(REQUEST_ID, f.request_id)?;
+    upstream.insert_header(ROUTE, f.route.name.as_str())?;
+    set_optional(upstream, CLIENT_ID, f.client_id)?;
+    set_optional(upstream, SUBJECT, f.subject)?;
+    // 6. Host and credentials.
+    upstream.insert_header(http::header::HOST, f.upstream.host_header.as_str())?;
+    if f.route.strip_authorization {
+        upstream.remove_header(&http::header::AUTHORIZATION);
+        match &f.upstream.auth {
+            Some(UpstreamAuth::Bearer { token, .. }) => {
+                let mut value = b"Bearer ".to_vec();
+                value.extend_from_slice(&token.0);
+                let mut v = HeaderValue::from_bytes(&value).map_err(|_| {
+                    pingora_error::Error::explain(
+                        pingora_error::ErrorType::InternalError,
+                        "upstream bearer token is not a valid header value",
+                    )
+                })?;
+                v.set_sensitive(true);
+                upstream.insert_header(http::header::AUTHORIZATION, v)?;
+            }
+            Some(UpstreamAuth::Header { name, value, .. }) => {
+                let mut v = HeaderValue::from_bytes(&value.0).map_err(|_| {
+                    pingora_error::Error::explain(
+                        pingora_error::ErrorType::InternalError,
+                        "upstream credential is not a valid header value",
+                    )
+                })?;
+                v.set_sensitive(true);
+                upstream.insert_header(name.clone(), v)?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn join_values(req: &RequestHeader, name: &str) -> Option<String> {
+    let mut out = String::new();
+    for v in req.headers.get_all(name) {
+        let Ok(text) = v.to_str() else { return None };
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(text.trim());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Set a gateway header from a claim value. A value that cannot be a header
+/// (control characters) is left out rather than mangled; the forged copies
+/// were already removed, so the upstream never sees a client-chosen value.
+fn set_optional(
+    upstream: &mut RequestHeader,
+    name: &'static str,
+    value: Option<&str>,
+) -> pingora_error::Result<()> {
+    if let Some(value) = value {
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                upstream.insert_header(name, v)?;
+            }
+            Err(_) => tracing::warn!(header = name, "claim value not representable as a header; omitted"),
+        }
+    }
+    Ok(())
+}
+
+/// A client's `X-Request-Id` is kept when it is a sane token: 1..=128
+/// visible ASCII characters. Otherwise the gateway makes a new one.
+pub fn request_id(downstream: &RequestHeader) -> String {
+    if let Some(v) = downstream.headers.get(REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter().all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
+            && downstream.headers.get_all(REQUEST_ID).iter().count() == 1
+        {
+            if let Ok(s) = v.to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    new_request_id()
+}
+
+fn new_request_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_request_ids_are_kept_others_replaced() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(REQUEST_ID, "abc-123").unwrap();
+        assert_eq!(request_id(&req), "abc-123");
+        req.insert_header(REQUEST_ID, "has space").unwrap();
+        assert_ne!(request_id(&req), "has space");
+        req.insert_header(REQUEST_ID, "x".repeat(129)).unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+    }
+}

@@ -1,0 +1,308 @@
+//! The pingora glue. Each phase calls pure policy code and either passes the
+//! request on or answers it through [`respond::send`].
+//!
+//! Phases, in the order pingora runs them:
+//!
+//! ```text
+//! request_filter           1. request target, path, framing, header limits  (routing::target)
+//!                          2. route lookup → 404 / 405                        (routing::table)
+//!                          3. client IP, route ip_allow / ip_deny             (policy::client_ip, policy::ip)
+//!                          4. bearer token → verified claims                   (auth)
+//!                          6. entitlements require_all / require_any          (policy::entitlements)
+//! upstream_peer            8. the route's upstream, timeouts from the config
+//! upstream_request_filter  8. header hygiene and identity headers              (proxy::headers)
+//! response_filter             X-Request-Id on every response
+//! fail_to_proxy               upstream errors → 502 / 504 through the responder
+//! logging                     one line per request
+//! ```
+//! Nothing after a refusal runs, and a refused request never reaches
+//! `upstream_peer`, so it never opens an upstream connection.
+
+pub mod ctx;
+pub mod headers;
+pub mod respond;
+pub mod state;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::config::model::AuthMode;
+use crate::error::GatewayError;
+use crate::policy::client_ip::client_ip;
+use crate::policy::ip::canonical;
+use crate::routing::target::{check_request, RequestLimits};
+use crate::routing::RouteLookup;
+use ctx::RequestCtx;
+use state::GatewayState;
+
+/// The gateway service: holds the live state, swapped whole on reload.
+pub struct Gateway {
+    state: Arc<ArcSwap<GatewayState>>,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<ArcSwap<GatewayState>>) -> Gateway {
+        Gateway { state }
+    }
+
+    /// Steps 1–6: decide whether this request may go upstream.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        state: &GatewayState,
+    ) -> Result<(), GatewayError> {
+        let config = &state.config;
+        let req = session.req_header();
+        let raw_headers = session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let limits = RequestLimits {
+            max_header_bytes: config.server.max_header_bytes,
+            max_headers: config.server.max_headers,
+            max_body_bytes: config.server.max_body_bytes,
+        };
+        // 1. Request target, path, framing.
+        let target = check_request(
+            &req.method,
+            req.raw_path(),
+            &req.headers,
+            raw_headers.as_deref(),
+            &limits,
+        )?;
+        // 2. Route.
+        let route_index = match config.route_table.lookup(&req.method, target.path) {
+            RouteLookup::Matched { index, .. } => index,
+            RouteLookup::MethodNotAllowed { allow } => {
+                return Err(GatewayError::MethodNotAllowed { allow })
+            }
+            RouteLookup::NotFound => return Err(GatewayError::NoRoute),
+        };
+        ctx.route = Some(route_index);
+        let route = config
+            .routes
+            .get(route_index)
+            .ok_or(GatewayError::Internal)?;
+
+        // 3. Client IP and the route's own IP rules, before any token work.
+        let trusted = &config.server.trusted_proxies;
+        ctx.client_ip = client_ip(ctx.peer, &req.headers, trusted);
+        if route.ip_allow.is_some() || route.ip_deny.is_some() {
+            // No address (unix socket) fails closed.
+            let ip = ctx.client_ip.ok_or(GatewayError::IpDenied)?;
+            if let Some(allow) = &route.ip_allow {
+                if !allow.contains(ip) {
+                    return Err(GatewayError::IpDenied);
+                }
+            }
+            if let Some(deny) = &route.ip_deny {
+                if deny.contains(ip) {
+                    return Err(GatewayError::IpDenied);
+                }
+            }
+        }
+
+        if route.auth == AuthMode::None {
+            return Ok(());
+        }
+        // 4. Token.
+        let token = crate::auth::bearer::bearer_token(&req.headers)?
+            .ok_or(GatewayError::MissingToken)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let verified = state.verifier.verify(token, &route.issuers, now).await?;
+
+        // 6. Entitlements.
+        route.entitlements.check(&verified.entitlements)?;
+        ctx.client_id = verified.client_id;
+        ctx.subject = verified.subject;
+        Ok(())
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a: &SocketAddr| canonical(a.ip()))
+}
+
+/// Map an upstream failure to the gateway's error: timeouts are 504, any
+/// other failure to reach or read the upstream is 502.
+fn upstream_error(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    match e.etype() {
+        ReadTimedout | WriteTimedout => Some(GatewayError::UpstreamTimeout),
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed
+        | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+        | HandshakeError => Some(GatewayError::UpstreamUnreachable),
+        HTTPStatus(code) => Some(match code {
+            408 => GatewayError::InvalidFraming("request body timed out"),
+            413 => GatewayError::BodyTooLarge(0),
+            _ => GatewayError::Internal,
+        }),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(GatewayError::UpstreamUnreachable),
+            ErrorSource::Downstream => match e.etype() {
+                // The client is gone: nothing to answer.
+                ReadError | WriteError | ConnectionClosed => None,
+                _ => Some(GatewayError::InvalidFraming("malformed request")),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<bool> {
+        let state = self.state.load_full();
+        ctx.request_id = headers::request_id(session.req_header());
+        ctx.peer = peer_ip(session);
+        ctx.peer_trusted = ctx
+            .peer
+            .is_some_and(|p| state.config.server.trusted_proxies.contains(p));
+        let verdict = self.admit(session, ctx, &state).await;
+        ctx.state = Some(state);
+        match verdict {
+            Ok(()) => Ok(false),
+            Err(err) => {
+                respond::send(session, &err, &ctx.request_id).await;
+                ctx.refusal = Some(err);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Box<HttpPeer>> {
+        let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        let route = &state.config.routes[route_index];
+        let upstream = &state.config.upstreams[route.upstream];
+        let address = state
+            .next_address(route.upstream)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
+        ctx.attempts += 1;
+        let mut peer = HttpPeer::new(address, upstream.tls, upstream.host.clone());
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.total_connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(route.read_timeout);
+        peer.options.write_timeout = Some(route.read_timeout);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet: trying the next endpoint is safe for any
+        // method. Bounded by the number of addresses.
+        let addresses = ctx
+            .state
+            .as_ref()
+            .zip(ctx.route)
+            .map(|(s, r)| s.config.upstreams[s.config.routes[r].upstream].addresses.len())
+            .unwrap_or(1);
+        e.set_retry(ctx.attempts < addresses);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<()> {
+        let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        let route = &state.config.routes[route_index];
+        let forwarding = headers::Forwarding {
+            route,
+            upstream: &state.config.upstreams[route.upstream],
+            request_id: &ctx.request_id,
+            client_id: ctx.client_id.as_deref(),
+            subject: ctx.subject.as_deref(),
+            peer: ctx.peer,
+            peer_trusted: ctx.peer_trusted,
+            proto: if state.config.server.tls.is_some() { "https" } else { "http" },
+        };
+        headers::prepare(session.req_header(), upstream_request, &forwarding)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<()> {
+        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let Some(err) = upstream_error(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if ctx.request_id.is_empty() {
+            ctx.request_id = headers::request_id(session.req_header());
+        }
+        respond::send(session, &err, &ctx.request_id).await;
+        let code = err.status();
+        ctx.refusal = Some(err);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx
+            .state
+            .as_ref()
+            .zip(ctx.route)
+            .map(|(s, r)| s.config.routes[r].name.as_str())
+            .unwrap_or("-");
+        let reason = ctx.refusal.as_ref().map(GatewayError::code).unwrap_or("-");
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %ctx.request_id,
+            route,
+            method = %session.req_header().method,
+            status,
+            decision = if ctx.refusal.is_some() { "refuse" } else { "allow" },
+            reason,
+            client_id = ctx.client_id.as_deref().unwrap_or("-"),
+            client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}

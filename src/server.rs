@@ -1,0 +1,173 @@
+//! Building and running the pingora server from a validated [`Config`].
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_proxy::http_proxy_service_with_name;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::proxy::state::GatewayState;
+use crate::proxy::Gateway;
+
+/// Everything that runs for a config: the server and its shared state.
+pub struct Assembled {
+    pub server: Server,
+    pub state: Arc<ArcSwap<GatewayState>>,
+}
+
+/// Runs the key refreshers of the live verifier for the server's lifetime.
+struct KeyRefresh {
+    verifier: Arc<Verifier>,
+}
+
+#[async_trait]
+impl BackgroundService for KeyRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.verifier.clone().run_refreshers() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Build the pingora server for `config` (does not start it).
+pub fn assemble(config: Config) -> Result<Assembled, String> {
+    let config = Arc::new(config);
+    let verifier = Arc::new(Verifier::new(&config.issuers));
+    let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(
+        config.clone(),
+        verifier.clone(),
+    )));
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state.clone()),
+        "portcullis proxy",
+    );
+    for addr in &config.server.listen {
+        match &config.server.tls {
+            None => proxy.add_tcp(addr),
+            Some(tls) => {
+                let cert = tls.cert_file.to_string_lossy();
+                let key = tls.key_file.to_string_lossy();
+                proxy
+                    .add_tls(addr, &cert, &key)
+                    .map_err(|e| format!("server.tls: cannot use the certificate or key: {e}"))?;
+            }
+        }
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("jwks refresh", KeyRefresh { verifier }));
+    Ok(Assembled { server, state })
+}
+
+/// A shutdown signal driven by a channel, for embedding (tests, `demo`).
+struct ChannelSignal(tokio::sync::Mutex<tokio::sync::oneshot::Receiver<()>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.lock().await;
+        let _ = (&mut *rx).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A gateway running in a background thread; stopped on [`stop`](Self::stop) or drop.
+pub struct GatewayHandle {
+    pub listen: Vec<SocketAddr>,
+    pub state: Arc<ArcSwap<GatewayState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GatewayHandle {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Start the gateway in a `std::thread` (pingora's `Server::run` builds its
+/// own runtimes, so it must not run inside one). Returns once every proxy
+/// listener accepts connections, or an error after 10 s.
+pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
+    let listen: Vec<SocketAddr> = config
+        .server
+        .listen
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let Assembled { server, state } = assemble(config)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("portcullis-server".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
+            })
+        })
+        .map_err(|e| format!("cannot start the server thread: {e}"))?;
+    let handle = GatewayHandle {
+        listen: listen.clone(),
+        state,
+        stop: Some(tx),
+        thread: Some(thread),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for addr in &listen {
+        let addr = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            *addr
+        };
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the gateway did not start listening on {addr}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(handle)
+}
+
+/// Run the gateway in the foreground until a signal stops it (SIGTERM
+/// graceful, SIGINT fast, SIGQUIT graceful upgrade).
+pub fn run_forever(config: Config) -> Result<(), String> {
+    let Assembled { server, .. } = assemble(config)?;
+    server.run_forever()
+}
