@@ -70,6 +70,11 @@ pub enum GatewayError {
         missing: String,
     },
 
+    // --- step 7: body policy ---
+    /// A `[routes.body]` rule refused the update; names the rule and pointer.
+    #[error("{0}")]
+    BodyRule(BodyRefusal),
+
     // --- step 8: forwarding ---
     #[error("upstream unreachable")]
     UpstreamUnreachable,
@@ -77,6 +82,34 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("internal error")]
     Internal,
+}
+
+/// Why a body rule refused an update: which rule, where in the document,
+/// and what the caller should fix. `message` is built from the gateway's
+/// own text, the JSON pointer and entitlement/field names — never from
+/// secret values in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyRefusal {
+    /// Stable code: `unsupported_media_type`, `invalid_json`,
+    /// `path_param_mismatch`, `field_denied`, `field_not_allowed`,
+    /// `field_required`, `field_requires_entitlement`,
+    /// `privilege_escalation`, `unknown_entitlement`, `invalid_enum_value`,
+    /// `invalid_cidr`, `self_modification`, `pinned_header_mismatch`.
+    pub code: &'static str,
+    /// The config rule that refused (`json`, `path_params`, `deny`, `only`,
+    /// `require`, `field_requires`, `subset_of_caller`, `catalog`, `enums`,
+    /// `cidrs`, `deny_self`, `pin_headers`): the metric label.
+    pub rule: &'static str,
+    /// JSON pointer (or header name / path parameter) the refusal is about.
+    pub pointer: String,
+    pub status: u16,
+    pub message: String,
+}
+
+impl fmt::Display for BodyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} at {:?})", self.message, self.rule, self.pointer)
+    }
 }
 
 /// The precise reason a token was refused. Each has its own error code so
@@ -171,8 +204,13 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
-            InvalidRequestTarget(_) | InvalidPath(_) | InvalidFraming(_) | OverrideHeader(_)
-            | DuplicateHeader(_) | ForbiddenHeader(_) | TokenInQuery => 400,
+            InvalidRequestTarget(_)
+            | InvalidPath(_)
+            | InvalidFraming(_)
+            | OverrideHeader(_)
+            | DuplicateHeader(_)
+            | ForbiddenHeader(_)
+            | TokenInQuery => 400,
             HeadersTooLarge(_) => 431,
             BodyTooLarge(_) => 413,
             NoRoute => 404,
@@ -181,6 +219,7 @@ impl GatewayError {
             MissingToken | InvalidToken(_) => 401,
             KeysUnavailable => 503,
             InsufficientEntitlements { .. } => 403,
+            BodyRule(r) => r.status,
             UpstreamUnreachable => 502,
             UpstreamTimeout => 504,
             Internal => 500,
@@ -207,6 +246,7 @@ impl GatewayError {
             InvalidToken(fault) => fault.code(),
             KeysUnavailable => "keys_unavailable",
             InsufficientEntitlements { .. } => "insufficient_entitlements",
+            BodyRule(r) => r.code,
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal_error",

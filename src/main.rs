@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Authenticating reverse proxy for IAM admin APIs")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Authenticating reverse proxy for IAM admin APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -30,11 +30,8 @@ struct KeyRefresh {
 
 #[async_trait]
 impl BackgroundService for KeyRefresh {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        tokio::select! {
-            _ = self.verifier.clone().run_refreshers() => {}
-            _ = shutdown.changed() => {}
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.verifier.run_refreshers(shutdown).await;
     }
 }
 

@@ -48,9 +48,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
 fn is_b64token(token: &[u8]) -> bool {
     let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
     body_len > 0
-        && token[..body_len]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && token[..body_len].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 #[cfg(test)]
@@ -129,7 +129,13 @@ mod tests {
     #[test]
     fn bounds_token_length() {
         let ok = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES));
-        assert_eq!(bearer_token(&with(&[ok.as_bytes()])).unwrap().unwrap().len(), MAX_TOKEN_BYTES);
+        assert_eq!(
+            bearer_token(&with(&[ok.as_bytes()]))
+                .unwrap()
+                .unwrap()
+                .len(),
+            MAX_TOKEN_BYTES
+        );
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
         assert_eq!(fault(&[long.as_bytes()]), MALFORMED);
     }

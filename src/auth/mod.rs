@@ -1,1 +1,30 @@
-//! placeholder
+//! Step 4 of a request: who is calling.
+//!
+//! * [`bearer`] takes the token out of `Authorization: Bearer ...`;
+//! * [`verifier`] checks a JWT against the configured issuers — strictly:
+//!   duplicate JSON members, `alg: none`, HS* with an asymmetric key, unknown
+//!   `crit`, keys named by the token (`jwk`, `jku`, `x5u`, `x5c`) and a
+//!   missing `exp` are all refused;
+//! * [`keys`] holds each issuer's verification keys as an immutable
+//!   [`KeySet`] snapshot swapped atomically;
+//! * [`jwks`] refreshes the keys of `jwks_url` issuers in the background and
+//!   refetches, throttled and single-flight, when a token names an unknown
+//!   `kid`; the last good set survives a failing or empty answer;
+//! * [`strict_json`] is the JSON object parser that refuses duplicate names.
+//!
+//! Nothing here knows about pingora. Errors are [`crate::error::GatewayError`]s
+//! whose messages never contain a token, key or secret.
+
+pub mod bearer;
+pub mod jwks;
+pub mod keys;
+pub mod strict_json;
+pub mod verifier;
+
+#[cfg(test)]
+mod tests;
+
+pub use bearer::bearer_token;
+pub use jwks::{JwksRefresher, RefetchOutcome};
+pub use keys::{IssuerKeys, KeySet};
+pub use verifier::{entitlements_from_claims, VerifiedToken, Verifier};

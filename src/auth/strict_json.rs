@@ -190,9 +190,18 @@ mod tests {
     fn refuses_duplicates_at_any_depth() {
         let dup = |s: &str| parse_object(s.as_bytes());
         assert_eq!(dup(r#"{"a":1,"a":2}"#), Err(StrictJsonError::Duplicate));
-        assert_eq!(dup(r#"{"a":1,"\u0061":2}"#), Err(StrictJsonError::Duplicate));
-        assert_eq!(dup(r#"{"x":{"a":1,"a":1}}"#), Err(StrictJsonError::Duplicate));
-        assert_eq!(dup(r#"{"x":[{"b":1},{"b":2,"b":3}]}"#), Err(StrictJsonError::Duplicate));
+        assert_eq!(
+            dup(r#"{"a":1,"\u0061":2}"#),
+            Err(StrictJsonError::Duplicate)
+        );
+        assert_eq!(
+            dup(r#"{"x":{"a":1,"a":1}}"#),
+            Err(StrictJsonError::Duplicate)
+        );
+        assert_eq!(
+            dup(r#"{"x":[{"b":1},{"b":2,"b":3}]}"#),
+            Err(StrictJsonError::Duplicate)
+        );
         // Same name in sibling objects is fine.
         assert!(dup(r#"{"x":{"a":1},"y":{"a":1}}"#).is_ok());
     }
@@ -214,9 +223,16 @@ mod tests {
             "{\"a\":1e999}",
             "{\"a\":\"\\ud800\"}",
         ] {
-            assert_eq!(parse_object(s.as_bytes()), Err(StrictJsonError::Malformed), "{s}");
+            assert_eq!(
+                parse_object(s.as_bytes()),
+                Err(StrictJsonError::Malformed),
+                "{s}"
+            );
         }
-        assert_eq!(parse_object(b"{\"a\":\"\xff\"}"), Err(StrictJsonError::Malformed));
+        assert_eq!(
+            parse_object(b"{\"a\":\"\xff\"}"),
+            Err(StrictJsonError::Malformed)
+        );
     }
 
     #[test]
@@ -229,7 +245,13 @@ mod tests {
             s
         };
         assert!(parse_object(nest(MAX_DEPTH - 1).as_bytes()).is_ok());
-        assert_eq!(parse_object(nest(MAX_DEPTH).as_bytes()), Err(StrictJsonError::Malformed));
-        assert_eq!(parse_object(nest(10_000).as_bytes()), Err(StrictJsonError::Malformed));
+        assert_eq!(
+            parse_object(nest(MAX_DEPTH).as_bytes()),
+            Err(StrictJsonError::Malformed)
+        );
+        assert_eq!(
+            parse_object(nest(10_000).as_bytes()),
+            Err(StrictJsonError::Malformed)
+        );
     }
 }

@@ -71,9 +71,10 @@ impl std::fmt::Debug for KeySource {
             KeySource::JwksFile { path, .. } => {
                 f.debug_struct("JwksFile").field("path", path).finish()
             }
-            KeySource::HmacSecret { env, .. } => {
-                f.debug_struct("HmacSecret").field("env", env).finish_non_exhaustive()
-            }
+            KeySource::HmacSecret { env, .. } => f
+                .debug_struct("HmacSecret")
+                .field("env", env)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -129,8 +130,15 @@ pub struct IssuerConfig {
 /// the caller's `Authorization`.
 #[derive(Clone)]
 pub enum UpstreamAuth {
-    Bearer { env: String, token: Secret },
-    Header { name: http::HeaderName, env: String, value: Secret },
+    Bearer {
+        env: String,
+        token: Secret,
+    },
+    Header {
+        name: http::HeaderName,
+        env: String,
+        value: Secret,
+    },
 }
 
 impl std::fmt::Debug for UpstreamAuth {

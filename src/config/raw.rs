@@ -104,3 +104,33 @@ pub struct RawRoute {
     pub strip_authorization: bool,
     pub read_timeout_ms: Option<i64>,
 }
+
+/// `[routes.body]`: policy on the request body of updates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBody {
+    pub max_bytes: Option<i64>,
+    #[serde(default)]
+    pub json: bool,
+    /// JSON pointer → path parameter name.
+    #[serde(default)]
+    pub path_params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub subset_of_caller: Vec<String>,
+    /// JSON pointer → catalogue name.
+    #[serde(default)]
+    pub catalog: std::collections::BTreeMap<String, String>,
+    /// JSON pointer → allowed string values.
+    #[serde(default)]
+    pub enums: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    pub only: Option<Vec<String>>,
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// JSON pointer → entitlements needed to write that field.
+    #[serde(default)]
+    pub field_requires: std::collections::BTreeMap<String, Vec<String>>,
+}

@@ -72,9 +72,9 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let admin = admin_settings(raw_admin, &mut errs);
 
     let mut issuers = Vec::new();
-    let mut issuer_names: HashMap<String, usize> = HashMap::new();
-    // Entries that failed to deserialize still reserve their name slot as
-    // "unknown" so later references report the right thing.
+    // Name → index of the valid entry; `None` for an entry whose own errors
+    // were already reported, so references to it add no second error.
+    let mut issuer_names: HashMap<String, Option<usize>> = HashMap::new();
     for (i, raw) in raw_issuers.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
         let path = format!("issuers[{i}]");
@@ -85,14 +85,16 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             );
             continue;
         }
-        if let Some(issuer) = issuer_config(raw, &path, &base_dir, &mut errs) {
-            issuer_names.insert(issuer.name.clone(), issuers.len());
+        let name = raw.name.clone();
+        let valid = issuer_config(raw, &path, &base_dir, &mut errs).map(|issuer| {
             issuers.push(Arc::new(issuer));
-        }
+            issuers.len() - 1
+        });
+        issuer_names.insert(name, valid);
     }
 
     let mut upstreams = Vec::new();
-    let mut upstream_names: HashMap<String, usize> = HashMap::new();
+    let mut upstream_names: HashMap<String, Option<usize>> = HashMap::new();
     for (i, raw) in raw_upstreams.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
         let path = format!("upstreams[{i}]");
@@ -103,10 +105,12 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             );
             continue;
         }
-        if let Some(up) = upstream_config(raw, &path, &mut errs) {
-            upstream_names.insert(up.name.clone(), upstreams.len());
+        let name = raw.name.clone();
+        let valid = upstream_config(raw, &path, &mut errs).map(|up| {
             upstreams.push(Arc::new(up));
-        }
+            upstreams.len() - 1
+        });
+        upstream_names.insert(name, valid);
     }
 
     let mut routes = Vec::new();
@@ -118,7 +122,10 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
         if !route_names.insert(raw.name.clone()) {
             errs.push(
                 format!("{path}.name"),
-                format!("duplicate route name {:?} (names label metrics and logs)", raw.name),
+                format!(
+                    "duplicate route name {:?} (names label metrics and logs)",
+                    raw.name
+                ),
             );
         }
         let ctx = RouteContext {
@@ -247,7 +254,13 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
     let default_threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let threads = positive(raw.threads, default_threads as i64, 1024, "server.threads", errs) as usize;
+    let threads = positive(
+        raw.threads,
+        default_threads as i64,
+        1024,
+        "server.threads",
+        errs,
+    ) as usize;
     let trusted_proxies = ip_list(
         raw.trusted_proxies.as_deref().unwrap_or_default(),
         "server.trusted_proxies",
@@ -269,7 +282,12 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         "server.max_body_bytes",
         errs,
     ) as u64;
-    let header_timeout = millis(raw.header_timeout_ms, 10_000, "server.header_timeout_ms", errs);
+    let header_timeout = millis(
+        raw.header_timeout_ms,
+        10_000,
+        "server.header_timeout_ms",
+        errs,
+    );
     let body_timeout = millis(raw.body_timeout_ms, 30_000, "server.body_timeout_ms", errs);
     ServerSettings {
         listen,
@@ -332,10 +350,14 @@ fn issuer_config(
 
     let mut algorithms = Vec::new();
     match &raw.algorithms {
-        None => errs.push(format!("{path}.algorithms"), "is required (e.g. [\"RS256\"])"),
-        Some(list) if list.is_empty() => {
-            errs.push(format!("{path}.algorithms"), "must name at least one algorithm")
-        }
+        None => errs.push(
+            format!("{path}.algorithms"),
+            "is required (e.g. [\"RS256\"])",
+        ),
+        Some(list) if list.is_empty() => errs.push(
+            format!("{path}.algorithms"),
+            "must name at least one algorithm",
+        ),
         Some(list) => {
             for (i, name) in list.iter().enumerate() {
                 match parse_algorithm(name) {
@@ -345,7 +367,8 @@ fn issuer_config(
             }
         }
     }
-    let is_hmac = |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    let is_hmac =
+        |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
     if raw.hmac_secret_env.is_some() {
         if let Some(a) = algorithms.iter().find(|a| !is_hmac(a)) {
             errs.push(
@@ -377,7 +400,10 @@ fn issuer_config(
                     None
                 }
                 Ok(set) if set.is_empty() => {
-                    errs.push(key, format!("{} holds no usable verification key", full.display()));
+                    errs.push(
+                        key,
+                        format!("{} holds no usable verification key", full.display()),
+                    );
                     None
                 }
                 Ok(_) => Some(KeySource::JwksFile {
@@ -549,7 +575,10 @@ fn upstream_config(raw: RawUpstream, path: &str, errs: &mut Errors) -> Option<Up
         }
         None => (false, String::new(), 0),
     };
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let mut addresses = vec![format_addr(&bare_host, port)];
     for (i, ep) in raw.endpoints.unwrap_or_default().iter().enumerate() {
         match split_host_port(ep) {
@@ -583,7 +612,9 @@ fn upstream_config(raw: RawUpstream, path: &str, errs: &mut Errors) -> Option<Up
         &format!("{path}.read_timeout_ms"),
         errs,
     );
-    let auth = raw.auth.and_then(|a| upstream_auth(a, &format!("{path}.auth"), errs));
+    let auth = raw
+        .auth
+        .and_then(|a| upstream_auth(a, &format!("{path}.auth"), errs));
     if errs.0.len() != before {
         return None;
     }
@@ -609,7 +640,10 @@ fn upstream_auth(raw: RawUpstreamAuth, path: &str, errs: &mut Errors) -> Option<
             let name = match http::HeaderName::from_bytes(header.as_bytes()) {
                 Ok(n) => n,
                 Err(_) => {
-                    errs.push(format!("{path}.header"), format!("{header:?} is not a header name"));
+                    errs.push(
+                        format!("{path}.header"),
+                        format!("{header:?} is not a header name"),
+                    );
                     return None;
                 }
             };
@@ -644,8 +678,8 @@ fn split_host_port(s: &str) -> Option<(&str, u16)> {
 // === [[routes]] ===
 
 struct RouteContext<'a> {
-    issuers: &'a HashMap<String, usize>,
-    upstreams: &'a HashMap<String, usize>,
+    issuers: &'a HashMap<String, Option<usize>>,
+    upstreams: &'a HashMap<String, Option<usize>>,
     upstream_configs: &'a [Arc<UpstreamConfig>],
 }
 
@@ -661,7 +695,10 @@ fn route_config(
     }
     let methods = raw.methods.as_ref().map(|list| {
         if list.is_empty() {
-            errs.push(format!("{path}.methods"), "must not be empty (omit it for all methods)");
+            errs.push(
+                format!("{path}.methods"),
+                "must not be empty (omit it for all methods)",
+            );
         }
         list.iter()
             .enumerate()
@@ -677,7 +714,10 @@ fn route_config(
     let template = match PathTemplate::parse(&raw.path) {
         Ok(t) => Some(t),
         Err(e) => {
-            errs.push(format!("{path}.path"), format!("bad template {:?}: {e}", raw.path));
+            errs.push(
+                format!("{path}.path"),
+                format!("bad template {:?}: {e}", raw.path),
+            );
             None
         }
     };
@@ -701,7 +741,7 @@ fn route_config(
     };
     let issuers = match &raw.issuers {
         None => {
-            let mut all: Vec<usize> = ctx.issuers.values().copied().collect();
+            let mut all: Vec<usize> = ctx.issuers.values().filter_map(|i| *i).collect();
             all.sort_unstable();
             all
         }
@@ -709,7 +749,13 @@ fn route_config(
             .iter()
             .enumerate()
             .filter_map(|(i, n)| {
-                lookup_name(n, ctx.issuers, "issuer", &format!("{path}.issuers[{i}]"), errs)
+                lookup_name(
+                    n,
+                    ctx.issuers,
+                    "issuer",
+                    &format!("{path}.issuers[{i}]"),
+                    errs,
+                )
             })
             .collect(),
     };
@@ -733,7 +779,10 @@ fn route_config(
             }
         }
     }
-    for (key, list) in [("require_all", &raw.require_all), ("require_any", &raw.require_any)] {
+    for (key, list) in [
+        ("require_all", &raw.require_all),
+        ("require_any", &raw.require_any),
+    ] {
         for (i, name) in list.iter().enumerate() {
             if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '"') {
                 errs.push(
@@ -789,13 +838,22 @@ fn parse_method(m: &str) -> Result<Method, String> {
 
 fn lookup_name(
     name: &str,
-    names: &HashMap<String, usize>,
+    names: &HashMap<String, Option<usize>>,
     what: &str,
     path: &str,
     errs: &mut Errors,
 ) -> Option<usize> {
     match names.get(name) {
-        Some(i) => Some(*i),
+        Some(Some(i)) => Some(*i),
+        Some(None) => {
+            // The entry itself is invalid and already reported; make sure the
+            // route is not built, without a second message.
+            errs.push(
+                path.to_string(),
+                format!("refers to the invalid {what} {name:?} (see above)"),
+            );
+            None
+        }
         None => {
             errs.push(
                 path.to_string(),
@@ -852,7 +910,10 @@ fn ip_list(entries: &[String], path: &str, errs: &mut Errors) -> Option<IpList> 
 fn readable_file(name: &str, base_dir: &Path, path: &str, errs: &mut Errors) -> PathBuf {
     let full = base_dir.join(name);
     if let Err(e) = std::fs::File::open(&full) {
-        errs.push(path.to_string(), format!("cannot read {}: {e}", full.display()));
+        errs.push(
+            path.to_string(),
+            format!("cannot read {}: {e}", full.display()),
+        );
     }
     full
 }
@@ -863,7 +924,10 @@ fn check_url(url: &str, path: &str, errs: &mut Errors) -> Option<reqwest::Url> {
             Some(u)
         }
         Ok(_) => {
-            errs.push(path.to_string(), format!("{url:?} must be an http:// or https:// URL"));
+            errs.push(
+                path.to_string(),
+                format!("{url:?} must be an http:// or https:// URL"),
+            );
             None
         }
         Err(e) => {
@@ -878,11 +942,17 @@ fn env_secret(env: &str, path: &str, errs: &mut Errors) -> Option<Secret> {
     match std::env::var_os(env) {
         Some(v) if !v.is_empty() => Some(Secret(v.into_encoded_bytes())),
         Some(_) => {
-            errs.push(path.to_string(), format!("environment variable {env} is empty"));
+            errs.push(
+                path.to_string(),
+                format!("environment variable {env} is empty"),
+            );
             None
         }
         None => {
-            errs.push(path.to_string(), format!("environment variable {env} is not set"));
+            errs.push(
+                path.to_string(),
+                format!("environment variable {env} is not set"),
+            );
             None
         }
     }

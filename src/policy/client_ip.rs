@@ -99,7 +99,10 @@ mod tests {
     fn untrusted_peer_headers_are_ignored() {
         let trusted = IpList::parse(&["10.0.0.0/8"]).unwrap();
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
-        assert_eq!(client_ip(Some(ip("192.0.2.1")), &h, &trusted), Some(ip("192.0.2.1")));
+        assert_eq!(
+            client_ip(Some(ip("192.0.2.1")), &h, &trusted),
+            Some(ip("192.0.2.1"))
+        );
         assert_eq!(
             client_ip(Some(ip("192.0.2.1")), &h, &IpList::default()),
             Some(ip("192.0.2.1"))
@@ -110,24 +113,42 @@ mod tests {
     fn trusted_peer_gives_rightmost_untrusted_hop() {
         let trusted = IpList::parse(&["10.0.0.0/8"]).unwrap();
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), &h, &trusted), Some(ip("198.51.100.7")));
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), &h, &trusted),
+            Some(ip("198.51.100.7"))
+        );
         // Several header lines concatenate in order.
-        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.9")]);
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), &h, &trusted), Some(ip("198.51.100.9")));
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.9"),
+        ]);
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), &h, &trusted),
+            Some(ip("198.51.100.9"))
+        );
     }
 
     #[test]
     fn forwarded_header_is_understood() {
         let trusted = IpList::parse(&["10.0.0.0/8"]).unwrap();
-        let h = headers(&[("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:443\";proto=https")]);
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), &h, &trusted), Some(ip("2001:db8::7")));
+        let h = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::7]:443\";proto=https",
+        )]);
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), &h, &trusted),
+            Some(ip("2001:db8::7"))
+        );
     }
 
     #[test]
     fn garbage_hop_resets_trust() {
         let trusted = IpList::parse(&["10.0.0.0/8"]).unwrap();
         let h = headers(&[("x-forwarded-for", "garbage")]);
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), &h, &trusted), Some(ip("10.0.0.2")));
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), &h, &trusted),
+            Some(ip("10.0.0.2"))
+        );
     }
 
     #[test]

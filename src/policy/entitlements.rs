@@ -69,7 +69,9 @@ mod tests {
     #[test]
     fn require_all_needs_every_name() {
         let r = req(&["manageAPIClients", "readAPIClients"], &[]);
-        assert!(r.check(&["readAPIClients", "manageAPIClients", "x"]).is_ok());
+        assert!(r
+            .check(&["readAPIClients", "manageAPIClients", "x"])
+            .is_ok());
         let err = r.check(&["readAPIClients"]).unwrap_err();
         match err {
             GatewayError::InsufficientEntitlements { required, missing } => {

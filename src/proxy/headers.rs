@@ -188,7 +188,10 @@ fn set_optional(
             Ok(v) => {
                 upstream.insert_header(name, v)?;
             }
-            Err(_) => tracing::warn!(header = name, "claim value not representable as a header; omitted"),
+            Err(_) => tracing::warn!(
+                header = name,
+                "claim value not representable as a header; omitted"
+            ),
         }
     }
     Ok(())
@@ -201,7 +204,8 @@ pub fn request_id(downstream: &RequestHeader) -> String {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= 128
-            && b.iter().all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
+            && b.iter()
+                .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
             && downstream.headers.get_all(REQUEST_ID).iter().count() == 1
         {
             if let Ok(s) = v.to_str() {

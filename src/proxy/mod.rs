@@ -62,7 +62,12 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let config = &state.config;
         let req = session.req_header();
-        let raw_headers = session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let raw_headers = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        // Known before anything can fail, so every refusal is logged with it.
+        ctx.client_ip = client_ip(ctx.peer, &req.headers, &config.server.trusted_proxies);
         let limits = RequestLimits {
             max_header_bytes: config.server.max_header_bytes,
             max_headers: config.server.max_headers,
@@ -90,9 +95,7 @@ impl Gateway {
             .get(route_index)
             .ok_or(GatewayError::Internal)?;
 
-        // 3. Client IP and the route's own IP rules, before any token work.
-        let trusted = &config.server.trusted_proxies;
-        ctx.client_ip = client_ip(ctx.peer, &req.headers, trusted);
+        // 3. The route's own IP rules, before any token work.
         if route.ip_allow.is_some() || route.ip_deny.is_some() {
             // No address (unix socket) fails closed.
             let ip = ctx.client_ip.ok_or(GatewayError::IpDenied)?;
@@ -112,8 +115,8 @@ impl Gateway {
             return Ok(());
         }
         // 4. Token.
-        let token = crate::auth::bearer::bearer_token(&req.headers)?
-            .ok_or(GatewayError::MissingToken)?;
+        let token =
+            crate::auth::bearer::bearer_token(&req.headers)?.ok_or(GatewayError::MissingToken)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -169,7 +172,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<bool> {
         let state = self.state.load_full();
         ctx.request_id = headers::request_id(session.req_header());
         ctx.peer = peer_ip(session);
@@ -188,7 +195,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Box<HttpPeer>> {
         let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
@@ -222,7 +233,11 @@ impl ProxyHttp for Gateway {
             .state
             .as_ref()
             .zip(ctx.route)
-            .map(|(s, r)| s.config.upstreams[s.config.routes[r].upstream].addresses.len())
+            .map(|(s, r)| {
+                s.config.upstreams[s.config.routes[r].upstream]
+                    .addresses
+                    .len()
+            })
             .unwrap_or(1);
         e.set_retry(ctx.attempts < addresses);
         e
@@ -246,7 +261,11 @@ impl ProxyHttp for Gateway {
             subject: ctx.subject.as_deref(),
             peer: ctx.peer,
             peer_trusted: ctx.peer_trusted,
-            proto: if state.config.server.tls.is_some() { "https" } else { "http" },
+            proto: if state.config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         };
         headers::prepare(session.req_header(), upstream_request, &forwarding)
     }
@@ -261,7 +280,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let Some(err) = upstream_error(e) else {
             return FailToProxy {
                 error_code: 0,

@@ -15,7 +15,10 @@ use crate::error::{GatewayError, TokenFault};
 pub const REALM: &str = "portcullis";
 
 /// The response header and body for `err`; pure, so it is unit-testable.
-pub fn render(err: &GatewayError, request_id: &str) -> pingora_error::Result<(ResponseHeader, Bytes)> {
+pub fn render(
+    err: &GatewayError,
+    request_id: &str,
+) -> pingora_error::Result<(ResponseHeader, Bytes)> {
     let body = serde_json::json!({
         "error": err.code(),
         "message": err.to_string(),
@@ -103,7 +106,10 @@ mod tests {
     fn missing_token_challenge_has_no_error_attribute() {
         let (resp, body) = render(&GatewayError::MissingToken, "rid-1").unwrap();
         assert_eq!(resp.status.as_u16(), 401);
-        assert_eq!(header(&resp, "www-authenticate"), Some("Bearer realm=\"portcullis\""));
+        assert_eq!(
+            header(&resp, "www-authenticate"),
+            Some("Bearer realm=\"portcullis\"")
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"], "missing_token");
         assert_eq!(v["request_id"], "rid-1");
@@ -115,7 +121,10 @@ mod tests {
         let (resp, _) = render(&GatewayError::InvalidToken(TokenFault::Expired), "r").unwrap();
         let c = header(&resp, "www-authenticate").unwrap();
         assert!(c.contains("error=\"invalid_token\""), "{c}");
-        assert!(c.contains("error_description=\"the token has expired\""), "{c}");
+        assert!(
+            c.contains("error_description=\"the token has expired\""),
+            "{c}"
+        );
 
         let err = GatewayError::InsufficientEntitlements {
             required: "manageAPIClients readAPIClients".into(),

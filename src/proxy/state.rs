@@ -16,7 +16,11 @@ pub struct GatewayState {
 
 impl GatewayState {
     pub fn new(config: Arc<Config>, verifier: Arc<Verifier>) -> GatewayState {
-        let cursors = config.upstreams.iter().map(|_| AtomicUsize::new(0)).collect();
+        let cursors = config
+            .upstreams
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect();
         GatewayState {
             config,
             verifier,

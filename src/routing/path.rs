@@ -15,15 +15,17 @@ use crate::error::GatewayError;
 /// Accepts a single trailing slash (`/a/b/`): it is a distinct path that no
 /// route template matches, so it ends in a 404 rather than in an alias.
 ///
-/// Allocates only when the path contains a percent-escape (to check that the
-/// decoded bytes are valid UTF-8).
+/// Allocates only when the path contains a percent-escape of a non-ASCII
+/// byte (to check that the decoded bytes are valid UTF-8).
 pub fn validate_path(path: &str) -> Result<(), GatewayError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(invalid("must start with '/'"));
     }
 
-    let mut has_percent = false;
+    // Raw bytes are ASCII (checked below), so the decoded path can only be
+    // invalid UTF-8 if some escape decodes to a byte >= 0x80.
+    let mut has_high_escape = false;
     let mut seg_start = 1;
     let mut i = 1;
     // One pass over the raw bytes: character classes, escapes, segments.
@@ -47,7 +49,6 @@ pub fn validate_path(path: &str) -> Result<(), GatewayError> {
                 seg_start = i + 1;
             }
             Some(b'%') => {
-                has_percent = true;
                 let decoded = match (
                     bytes.get(i + 1).and_then(|&h| hex_val(h)),
                     bytes.get(i + 2).and_then(|&l| hex_val(l)),
@@ -56,6 +57,7 @@ pub fn validate_path(path: &str) -> Result<(), GatewayError> {
                     _ => return Err(invalid("invalid percent-escape")),
                 };
                 check_decoded_byte(decoded)?;
+                has_high_escape |= decoded >= 0x80;
                 if decoded == b'%'
                     && bytes.get(i + 3).is_some_and(|&c| hex_val(c).is_some())
                     && bytes.get(i + 4).is_some_and(|&c| hex_val(c).is_some())
@@ -75,7 +77,7 @@ pub fn validate_path(path: &str) -> Result<(), GatewayError> {
         i += 1;
     }
 
-    if has_percent && std::str::from_utf8(&decode(bytes)).is_err() {
+    if has_high_escape && std::str::from_utf8(&decode(bytes)).is_err() {
         return Err(invalid("invalid or overlong UTF-8"));
     }
     Ok(())

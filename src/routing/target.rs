@@ -121,7 +121,11 @@ fn check_target<'a>(method: &Method, raw: &'a [u8]) -> Result<CheckedTarget<'a>,
         Some(_) if raw.windows(3).any(|w| w == b"://") => {
             return Err(GatewayError::InvalidRequestTarget("absolute-form"))
         }
-        Some(_) => return Err(GatewayError::InvalidRequestTarget("authority-form")),
+        Some(_) => {
+            return Err(GatewayError::InvalidRequestTarget(
+                "authority-form or not a path",
+            ))
+        }
     }
     for &b in raw {
         match b {
@@ -496,7 +500,7 @@ mod tests {
             ("http://evil/x", "absolute-form"),
             ("HTTPS://evil:443/x", "absolute-form"),
             ("*", "asterisk-form"),
-            ("example.com:443", "authority-form"),
+            ("example.com:443", "authority-form or not a path"),
             ("", "empty request target"),
         ] {
             assert_eq!(target(t), Err(GatewayError::InvalidRequestTarget(r)), "{t}");
