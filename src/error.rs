@@ -37,9 +37,12 @@ pub enum GatewayError {
     /// Request headers over `server.max_header_bytes` / `server.max_headers`.
     #[error("request headers too large: {0}")]
     HeadersTooLarge(&'static str),
-    /// Declared body over `server.max_body_bytes`.
+    /// Body over `server.max_body_bytes` or the route's `body.max_bytes`.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// The client sent the body too slowly (`server.body_timeout_ms`).
+    #[error("request body not received in time")]
+    RequestTimeout,
 
     // --- step 2: routing ---
     #[error("no route for this path")]
@@ -60,6 +63,20 @@ pub enum GatewayError {
     /// No keys were ever loaded for the token's issuer (503, fail closed).
     #[error("signing keys for this issuer are not available")]
     KeysUnavailable,
+
+    // --- step 5: client metadata ---
+    /// The token names no client, or the metadata source does not know it.
+    #[error("unknown API client")]
+    UnknownClient,
+    /// The client exists but is disabled.
+    #[error("API client is disabled")]
+    ClientDisabled,
+    /// The client's own IP filter (`ipFilterOp` / `ipFilters`) refuses the address.
+    #[error("client address not allowed by the API client's IP filter")]
+    ClientIpDenied,
+    /// The metadata source failed and no usable cached entry exists (fail closed).
+    #[error("client metadata is unavailable")]
+    MetadataUnavailable,
 
     // --- step 6: entitlements (403) ---
     #[error("missing entitlements: {missing}")]
@@ -213,11 +230,14 @@ impl GatewayError {
             | TokenInQuery => 400,
             HeadersTooLarge(_) => 431,
             BodyTooLarge(_) => 413,
+            RequestTimeout => 408,
             NoRoute => 404,
             MethodNotAllowed { .. } => 405,
             IpDenied => 403,
             MissingToken | InvalidToken(_) => 401,
             KeysUnavailable => 503,
+            UnknownClient | ClientDisabled | ClientIpDenied => 403,
+            MetadataUnavailable => 503,
             InsufficientEntitlements { .. } => 403,
             BodyRule(r) => r.status,
             UpstreamUnreachable => 502,
@@ -239,12 +259,17 @@ impl GatewayError {
             TokenInQuery => "token_in_query",
             HeadersTooLarge(_) => "headers_too_large",
             BodyTooLarge(_) => "body_too_large",
+            RequestTimeout => "request_timeout",
             NoRoute => "no_route",
             MethodNotAllowed { .. } => "method_not_allowed",
             IpDenied => "ip_denied",
             MissingToken => "missing_token",
             InvalidToken(fault) => fault.code(),
             KeysUnavailable => "keys_unavailable",
+            UnknownClient => "unknown_client",
+            ClientDisabled => "client_disabled",
+            ClientIpDenied => "client_ip_denied",
+            MetadataUnavailable => "metadata_unavailable",
             InsufficientEntitlements { .. } => "insufficient_entitlements",
             BodyRule(r) => r.code,
             UpstreamUnreachable => "upstream_unreachable",
@@ -261,6 +286,7 @@ impl GatewayError {
             GatewayError::InvalidFraming(_)
                 | GatewayError::HeadersTooLarge(_)
                 | GatewayError::BodyTooLarge(_)
+                | GatewayError::RequestTimeout
                 | GatewayError::InvalidRequestTarget(_)
         )
     }

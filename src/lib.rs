@@ -8,7 +8,9 @@
 #![deny(rust_2018_idioms)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod auth;
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod policy;

@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use pingora_proxy::http_proxy_service_with_name;
 
+use crate::admin::AdminApp;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::proxy::state::GatewayState;
@@ -71,6 +73,9 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
         }
     }
     server.add_service(proxy);
+    let mut admin = Service::new("portcullis admin".to_string(), AdminApp::new(state.clone()));
+    admin.add_tcp(&config.admin.listen);
+    server.add_service(admin);
     server.add_service(background_service("jwks refresh", KeyRefresh { verifier }));
     Ok(Assembled { server, state })
 }

@@ -17,7 +17,11 @@ fn mock_upstream_records_raw_target_headers_and_bodies() {
         up.addr(),
         "PUT",
         "/a/../b%2F?x=%20",
-        &[("X-Dup", "1"), ("x-dup", "2"), ("Content-Type", "application/json")],
+        &[
+            ("X-Dup", "1"),
+            ("x-dup", "2"),
+            ("Content-Type", "application/json"),
+        ],
         Some(b"{\"k\":1}"),
     );
     assert_eq!(r.status, 200);
@@ -61,7 +65,12 @@ fn mock_upstream_delay_is_applied() {
 fn mock_jwks_serves_counts_and_fails() {
     let jwks_doc = standard_jwks();
     let m = MockJwks::start(jwks_doc.clone());
-    let addr: std::net::SocketAddr = m.url().trim_start_matches("http://").trim_end_matches("/jwks").parse().unwrap();
+    let addr: std::net::SocketAddr = m
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/jwks")
+        .parse()
+        .unwrap();
     let r = request(addr, "GET", "/jwks", &[], None);
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["keys"].as_array().unwrap().len(), 5);
@@ -107,16 +116,27 @@ fn minted_tokens_verify_with_their_jwk() {
     let token = TokenBuilder::new(&hs).no_kid().build();
     let mut v = Validation::new(Algorithm::HS256);
     v.set_audience(&[DEFAULT_AUDIENCE]);
-    jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"), &v).unwrap();
+    jsonwebtoken::decode::<Value>(
+        &token,
+        &DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        &v,
+    )
+    .unwrap();
 }
 
 #[test]
 fn raw_tokens_keep_duplicate_members() {
     let key = TestKey::rsa();
-    let token = raw_token(r#"{"alg":"RS256","alg":"RS256","kid":"rsa-1"}"#, &default_claims_json(), &key);
+    let token = raw_token(
+        r#"{"alg":"RS256","alg":"RS256","kid":"rsa-1"}"#,
+        &default_claims_json(),
+        &key,
+    );
     let header = token.split('.').next().unwrap();
     use base64::Engine as _;
-    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
     assert_eq!(text, br#"{"alg":"RS256","alg":"RS256","kid":"rsa-1"}"#);
     assert!(unsigned_token(r#"{"alg":"none"}"#, "{}").ends_with('.'));
 }
@@ -125,7 +145,12 @@ fn raw_tokens_keep_duplicate_members() {
 fn config_builder_fills_ports_and_sections() {
     let c = ConfigBuilder::new()
         .server("max_body_bytes = 1024")
-        .issuer("main", DEFAULT_ISSUER, "http://127.0.0.1:1/jwks", "leeway_seconds = 5")
+        .issuer(
+            "main",
+            DEFAULT_ISSUER,
+            "http://127.0.0.1:1/jwks",
+            "leeway_seconds = 5",
+        )
         .upstream("app", "http://127.0.0.1:2", "")
         .raw("[[routes]]\nname = \"r\"\npath = \"/x\"\nupstream = \"app\"\n");
     let text = c.build();

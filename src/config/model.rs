@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::Method;
 use jsonwebtoken::Algorithm;
 
+use crate::policy::body::{BodyPolicy, CatalogRef};
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
 use crate::routing::{PathTemplate, RouteTable};
@@ -25,6 +26,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The compiled matcher over `routes` (same indices).
     pub route_table: RouteTable,
+    /// `[clients]`, when configured.
+    pub clients: Option<ClientsConfig>,
+    /// `[catalogs.NAME]`, loaded.
+    pub catalogs: std::collections::HashMap<String, CatalogRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +56,8 @@ pub struct AdminSettings {
     pub listen: String,
     /// Name of the env var with the admin bearer token (mutating endpoints).
     pub token_env: Option<String>,
+    /// Its value, read at load; `None` turns the mutating endpoints off.
+    pub token: Option<Secret>,
 }
 
 /// Where an issuer's verification keys come from.
@@ -164,6 +171,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub auth: Option<UpstreamAuth>,
+    /// Name of the `[catalogs.NAME]` its routes' entitlements come from.
+    pub catalog: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,4 +199,52 @@ pub struct RouteConfig {
     pub ip_deny: Option<IpList>,
     pub strip_authorization: bool,
     pub read_timeout: Duration,
+    /// Path parameter naming a client whose cached metadata a 2xx write evicts.
+    pub invalidates_client: Option<String>,
+    /// Path parameter that must not name the caller itself.
+    pub deny_self: Option<String>,
+    /// Request headers pinned to token claims.
+    pub pin_headers: Vec<PinHeader>,
+    /// `[routes.body]`, compiled.
+    pub body: Option<BodyPolicy>,
+}
+
+/// `pin_headers`: the request header must equal the token claim, or is set
+/// from it when absent.
+#[derive(Debug, Clone)]
+pub struct PinHeader {
+    pub header: http::HeaderName,
+    /// Dotted claim path, split.
+    pub claim: Vec<String>,
+}
+
+/// Where the effective entitlements come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntitlementsFrom {
+    Token,
+    Metadata,
+    /// The intersection: a grant must be in the token and still on the client.
+    Both,
+}
+
+/// Where client metadata comes from (validated, secrets resolved).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per config load
+pub enum ClientSourceConfig {
+    Static(Vec<crate::clients::ClientMeta>),
+    Http {
+        url: String,
+        response_pointer: String,
+        fields: crate::clients::FieldPointers,
+        credential: crate::clients::oauth::Credential,
+    },
+}
+
+/// `[clients]`.
+#[derive(Debug, Clone)]
+pub struct ClientsConfig {
+    pub source: ClientSourceConfig,
+    pub cache: crate::clients::CachePolicy,
+    pub timeout: Duration,
+    pub entitlements_from: EntitlementsFrom,
 }

@@ -17,6 +17,65 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub catalogs: std::collections::BTreeMap<String, RawCatalog>,
+    pub clients: Option<RawClients>,
+}
+
+/// `[clients]`: metadata of the calling API client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClients {
+    pub source: String,
+    pub url: Option<String>,
+    pub bearer_env: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub scope: Option<String>,
+    pub response_pointer: Option<String>,
+    pub fields: Option<RawClientFields>,
+    pub ttl_seconds: Option<i64>,
+    pub negative_ttl_seconds: Option<i64>,
+    pub stale_if_error_seconds: Option<i64>,
+    pub max_entries: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub entitlements_from: Option<String>,
+    #[serde(rename = "static", default)]
+    pub statics: Vec<RawStaticClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientFields {
+    pub enabled: Option<String>,
+    pub entitlements: Option<String>,
+    pub ip_filter_op: Option<String>,
+    pub ip_filters: Option<String>,
+    pub id: Option<String>,
+}
+
+/// `[[clients.static]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStaticClient {
+    pub client_id: String,
+    pub id: Option<String>,
+    pub enabled: bool,
+    #[serde(default)]
+    pub entitlements: Vec<String>,
+    pub ip_filter_op: Option<String>,
+    #[serde(default)]
+    pub ip_filters: Vec<String>,
+}
+
+/// `[catalogs.NAME]`: the entitlements an upstream knows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    pub file: String,
+    #[serde(default)]
+    pub offerings: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +134,7 @@ pub struct RawUpstream {
     pub connect_timeout_ms: Option<i64>,
     pub read_timeout_ms: Option<i64>,
     pub auth: Option<RawUpstreamAuth>,
+    pub catalog: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +163,10 @@ pub struct RawRoute {
     #[serde(default)]
     pub strip_authorization: bool,
     pub read_timeout_ms: Option<i64>,
+    pub deny_self: Option<String>,
+    pub invalidates_client: Option<String>,
+    pub pin_headers: Option<std::collections::BTreeMap<String, String>>,
+    pub body: Option<RawBody>,
 }
 
 /// `[routes.body]`: policy on the request body of updates.

@@ -4,7 +4,7 @@
 //! so that one bad route does not hide the problems of the next one; then
 //! each value is checked and converted. Nothing here panics on bad input.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,11 +17,21 @@ use serde::de::DeserializeOwned;
 use super::model::*;
 use super::raw::*;
 use super::{ConfigError, Loaded};
+use crate::policy::body::{BodyPolicy, CatalogRef};
+use crate::policy::catalog::Catalog;
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
 use crate::routing::{PathTemplate, RouteSpec, RouteTable};
 
-const TOP_LEVEL_KEYS: &[&str] = &["server", "admin", "issuers", "upstreams", "routes"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "admin",
+    "issuers",
+    "upstreams",
+    "routes",
+    "catalogs",
+    "clients",
+];
 
 /// Where errors accumulate while validating.
 struct Errors(Vec<ConfigError>);
@@ -67,6 +77,9 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let raw_issuers: Vec<Option<RawIssuer>> = array(&table, "issuers", &mut errs);
     let raw_upstreams: Vec<Option<RawUpstream>> = array(&table, "upstreams", &mut errs);
     let raw_routes: Vec<Option<RawRoute>> = array(&table, "routes", &mut errs);
+    let raw_catalogs: BTreeMap<String, RawCatalog> =
+        section(&table, "catalogs", &mut errs).unwrap_or_default();
+    let raw_clients: Option<RawClients> = section(&table, "clients", &mut errs);
 
     let server = server_settings(raw_server, &base_dir, &mut errs);
     let admin = admin_settings(raw_admin, &mut errs);
@@ -93,6 +106,9 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
         issuer_names.insert(name, valid);
     }
 
+    let catalogs = catalogs(raw_catalogs, &base_dir, &mut errs);
+    let clients = raw_clients.and_then(|raw| clients_config(raw, &mut errs));
+
     let mut upstreams = Vec::new();
     let mut upstream_names: HashMap<String, Option<usize>> = HashMap::new();
     for (i, raw) in raw_upstreams.into_iter().enumerate() {
@@ -106,7 +122,7 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             continue;
         }
         let name = raw.name.clone();
-        let valid = upstream_config(raw, &path, &mut errs).map(|up| {
+        let valid = upstream_config(raw, &path, &catalogs, &mut errs).map(|up| {
             upstreams.push(Arc::new(up));
             upstreams.len() - 1
         });
@@ -132,6 +148,8 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             issuers: &issuer_names,
             upstreams: &upstream_names,
             upstream_configs: &upstreams,
+            catalogs: &catalogs,
+            max_body_bytes: server.max_body_bytes,
         };
         if let Some(route) = route_config(raw, &path, &ctx, &mut errs) {
             routes.push(route);
@@ -172,6 +190,8 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             upstreams,
             routes,
             route_table,
+            catalogs,
+            clients,
         },
         warnings,
     })
@@ -310,12 +330,14 @@ fn admin_settings(raw: RawAdmin, errs: &mut Errors) -> AdminSettings {
             format!("{listen:?} is not an IP:port socket address"),
         );
     }
-    if let Some(env) = &raw.token_env {
-        env_secret(env, "admin.token_env", errs);
-    }
+    let token = raw
+        .token_env
+        .as_ref()
+        .and_then(|env| env_secret(env, "admin.token_env", errs));
     AdminSettings {
         listen,
         token_env: raw.token_env,
+        token,
     }
 }
 
@@ -551,7 +573,12 @@ const ALGORITHMS: &[&str] = &[
 
 // === [[upstreams]] ===
 
-fn upstream_config(raw: RawUpstream, path: &str, errs: &mut Errors) -> Option<UpstreamConfig> {
+fn upstream_config(
+    raw: RawUpstream,
+    path: &str,
+    catalogs: &HashMap<String, CatalogRef>,
+    errs: &mut Errors,
+) -> Option<UpstreamConfig> {
     let before = errs.0.len();
     if raw.name.trim().is_empty() {
         errs.push(format!("{path}.name"), "must not be empty");
@@ -615,6 +642,17 @@ fn upstream_config(raw: RawUpstream, path: &str, errs: &mut Errors) -> Option<Up
     let auth = raw
         .auth
         .and_then(|a| upstream_auth(a, &format!("{path}.auth"), errs));
+    if let Some(name) = &raw.catalog {
+        if !catalogs.contains_key(name) {
+            errs.push(
+                format!("{path}.catalog"),
+                format!(
+                    "no catalog named {name:?}{}",
+                    suggestion(name, catalogs.keys().map(String::as_str))
+                ),
+            );
+        }
+    }
     if errs.0.len() != before {
         return None;
     }
@@ -627,7 +665,269 @@ fn upstream_config(raw: RawUpstream, path: &str, errs: &mut Errors) -> Option<Up
         connect_timeout,
         read_timeout,
         auth,
+        catalog: raw.catalog,
     })
+}
+
+// === [clients] ===
+
+fn clients_config(raw: RawClients, errs: &mut Errors) -> Option<ClientsConfig> {
+    use crate::clients::oauth::Credential;
+    use crate::clients::{CachePolicy, ClientMeta, FieldPointers, IpFilter};
+    let before = errs.0.len();
+    let p = "clients";
+    let entitlements_from = match raw.entitlements_from.as_deref() {
+        None | Some("both") => EntitlementsFrom::Both,
+        Some("token") => EntitlementsFrom::Token,
+        Some("metadata") => EntitlementsFrom::Metadata,
+        Some(other) => {
+            errs.push(
+                format!("{p}.entitlements_from"),
+                format!("{other:?} is not \"token\", \"metadata\" or \"both\""),
+            );
+            EntitlementsFrom::Both
+        }
+    };
+    let http_keys = [
+        ("url", raw.url.is_some()),
+        ("bearer_env", raw.bearer_env.is_some()),
+        ("token_url", raw.token_url.is_some()),
+        ("client_id", raw.client_id.is_some()),
+        ("client_secret_env", raw.client_secret_env.is_some()),
+        ("scope", raw.scope.is_some()),
+        ("response_pointer", raw.response_pointer.is_some()),
+        ("fields", raw.fields.is_some()),
+    ];
+    let source = match raw.source.as_str() {
+        "static" => {
+            for (key, present) in http_keys {
+                if present {
+                    errs.push(format!("{p}.{key}"), "only applies to source = \"http\"");
+                }
+            }
+            let mut seen = HashSet::new();
+            let mut list = Vec::new();
+            for (i, c) in raw.statics.iter().enumerate() {
+                let key = format!("{p}.static[{i}]");
+                if c.client_id.is_empty() || !seen.insert(c.client_id.clone()) {
+                    errs.push(format!("{key}.client_id"), "must be non-empty and unique");
+                }
+                let filters = ip_list(&c.ip_filters, &format!("{key}.ip_filters"), errs);
+                let ip_filter = match (c.ip_filter_op.as_deref(), filters) {
+                    (None, _) => IpFilter::Off,
+                    (Some("allow"), Some(l)) => IpFilter::Allow(l),
+                    (Some("deny"), Some(l)) => IpFilter::Deny(l),
+                    (Some("allow" | "deny"), None) => IpFilter::Off,
+                    (Some(other), _) => {
+                        errs.push(
+                            format!("{key}.ip_filter_op"),
+                            format!("{other:?} is not \"allow\" or \"deny\""),
+                        );
+                        IpFilter::Off
+                    }
+                };
+                list.push(ClientMeta {
+                    client_id: c.client_id.clone(),
+                    id: c.id.clone(),
+                    enabled: c.enabled,
+                    entitlements: c.entitlements.clone(),
+                    ip_filter,
+                });
+            }
+            ClientSourceConfig::Static(list)
+        }
+        "http" => {
+            if !raw.statics.is_empty() {
+                errs.push(format!("{p}.static"), "only applies to source = \"static\"");
+            }
+            let url = match &raw.url {
+                None => {
+                    errs.push(format!("{p}.url"), "is required with source = \"http\"");
+                    String::new()
+                }
+                Some(url) => {
+                    if !url.contains("{client_id}") {
+                        errs.push(format!("{p}.url"), "must contain {client_id}");
+                    }
+                    check_url(&url.replace("{client_id}", "x"), &format!("{p}.url"), errs);
+                    url.clone()
+                }
+            };
+            let credential = match (&raw.bearer_env, &raw.token_url) {
+                (Some(_), Some(_)) => {
+                    errs.push(
+                        p.to_string(),
+                        "use either bearer_env or token_url, not both",
+                    );
+                    Credential::None
+                }
+                (Some(env), None) => env_secret(env, &format!("{p}.bearer_env"), errs)
+                    .map(Credential::Bearer)
+                    .unwrap_or(Credential::None),
+                (None, Some(token_url)) => {
+                    check_url(token_url, &format!("{p}.token_url"), errs);
+                    let client_id = raw.client_id.clone().unwrap_or_else(|| {
+                        errs.push(format!("{p}.client_id"), "is required with token_url");
+                        String::new()
+                    });
+                    let secret = match &raw.client_secret_env {
+                        Some(env) => env_secret(env, &format!("{p}.client_secret_env"), errs),
+                        None => {
+                            errs.push(
+                                format!("{p}.client_secret_env"),
+                                "is required with token_url",
+                            );
+                            None
+                        }
+                    };
+                    match secret {
+                        Some(client_secret) => Credential::ClientCredentials {
+                            token_url: token_url.clone(),
+                            client_id,
+                            client_secret,
+                            scope: raw.scope.clone(),
+                        },
+                        None => Credential::None,
+                    }
+                }
+                (None, None) => {
+                    for key in ["client_id", "client_secret_env", "scope"] {
+                        if http_keys.iter().any(|(k, present)| *k == key && *present) {
+                            errs.push(format!("{p}.{key}"), "only applies with token_url");
+                        }
+                    }
+                    Credential::None
+                }
+            };
+            let response_pointer = raw.response_pointer.clone().unwrap_or_default();
+            json_pointer(
+                &response_pointer,
+                &format!("{p}.response_pointer"),
+                true,
+                errs,
+            );
+            let defaults = FieldPointers::default();
+            let f = raw.fields.unwrap_or_default();
+            let fields = FieldPointers {
+                enabled: f.enabled.unwrap_or(defaults.enabled),
+                entitlements: f.entitlements.unwrap_or(defaults.entitlements),
+                ip_filter_op: f.ip_filter_op.unwrap_or(defaults.ip_filter_op),
+                ip_filters: f.ip_filters.unwrap_or(defaults.ip_filters),
+                id: f.id.unwrap_or(defaults.id),
+            };
+            for (key, ptr) in [
+                ("enabled", &fields.enabled),
+                ("entitlements", &fields.entitlements),
+                ("ip_filter_op", &fields.ip_filter_op),
+                ("ip_filters", &fields.ip_filters),
+                ("id", &fields.id),
+            ] {
+                json_pointer(ptr, &format!("{p}.fields.{key}"), false, errs);
+            }
+            ClientSourceConfig::Http {
+                url,
+                response_pointer,
+                fields,
+                credential,
+            }
+        }
+        other => {
+            errs.push(
+                format!("{p}.source"),
+                format!("{other:?} is not \"http\" or \"static\""),
+            );
+            return None;
+        }
+    };
+    let secs = |v, d, key: &str, errs: &mut Errors| {
+        Duration::from_secs(non_negative(v, d, 86_400 * 7, &format!("{p}.{key}"), errs) as u64)
+    };
+    let cache = CachePolicy {
+        ttl: secs(raw.ttl_seconds, 60, "ttl_seconds", errs),
+        negative_ttl: secs(raw.negative_ttl_seconds, 10, "negative_ttl_seconds", errs),
+        stale_if_error: secs(
+            raw.stale_if_error_seconds,
+            300,
+            "stale_if_error_seconds",
+            errs,
+        ),
+        max_entries: positive(
+            raw.max_entries,
+            100_000,
+            100_000_000,
+            &format!("{p}.max_entries"),
+            errs,
+        ) as u64,
+    };
+    let timeout = millis(raw.timeout_ms, 2000, &format!("{p}.timeout_ms"), errs);
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(ClientsConfig {
+        source,
+        cache,
+        timeout,
+        entitlements_from,
+    })
+}
+
+/// RFC 6901: empty (whole document, only where `allow_empty`) or `/`-led with
+/// `~` only as `~0` / `~1`.
+fn json_pointer(ptr: &str, path: &str, allow_empty: bool, errs: &mut Errors) {
+    let ok = (ptr.is_empty() && allow_empty)
+        || (ptr.starts_with('/') && {
+            let b = ptr.as_bytes();
+            b.iter()
+                .enumerate()
+                .all(|(i, c)| *c != b'~' || matches!(b.get(i + 1), Some(b'0' | b'1')))
+        });
+    if !ok {
+        errs.push(
+            path.to_string(),
+            format!("{ptr:?} is not a JSON pointer (RFC 6901)"),
+        );
+    }
+}
+
+// === [catalogs.NAME] ===
+
+/// Offering codes the entitlement catalogues use (IBM Verify's offerings).
+const OFFERING_CODES: &[&str] = &["CIC", "CIV", "CIA", "CIG", "ISC"];
+
+fn catalogs(
+    raw: BTreeMap<String, RawCatalog>,
+    base_dir: &Path,
+    errs: &mut Errors,
+) -> HashMap<String, CatalogRef> {
+    let mut out = HashMap::new();
+    for (name, raw) in raw {
+        let path = format!("catalogs.{name}");
+        for (i, code) in raw.offerings.iter().enumerate() {
+            if !OFFERING_CODES.contains(&code.as_str()) {
+                errs.push(
+                    format!("{path}.offerings[{i}]"),
+                    format!(
+                        "unknown offering {code:?} (known: {}){}",
+                        OFFERING_CODES.join(", "),
+                        suggestion(code, OFFERING_CODES.iter().copied())
+                    ),
+                );
+            }
+        }
+        match Catalog::load(&base_dir.join(&raw.file)) {
+            Ok(catalog) => {
+                out.insert(
+                    name,
+                    CatalogRef {
+                        catalog: Arc::new(catalog),
+                        offerings: raw.offerings,
+                    },
+                );
+            }
+            Err(e) => errs.push(format!("{path}.file"), e),
+        }
+    }
+    out
 }
 
 fn upstream_auth(raw: RawUpstreamAuth, path: &str, errs: &mut Errors) -> Option<UpstreamAuth> {
@@ -681,6 +981,8 @@ struct RouteContext<'a> {
     issuers: &'a HashMap<String, Option<usize>>,
     upstreams: &'a HashMap<String, Option<usize>>,
     upstream_configs: &'a [Arc<UpstreamConfig>],
+    catalogs: &'a HashMap<String, CatalogRef>,
+    max_body_bytes: u64,
 }
 
 fn route_config(
@@ -792,6 +1094,77 @@ fn route_config(
             }
         }
     }
+    if let Some(catalog) = upstream
+        .and_then(|u| ctx.upstream_configs[u].catalog.as_ref())
+        .and_then(|name| ctx.catalogs.get(name))
+    {
+        for (key, list) in [
+            ("require_all", &raw.require_all),
+            ("require_any", &raw.require_any),
+        ] {
+            for (i, name) in list.iter().enumerate() {
+                if !catalog.catalog.contains(name) {
+                    let hint = catalog
+                        .catalog
+                        .suggest(name)
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_default();
+                    errs.push(
+                        format!("{path}.{key}[{i}]"),
+                        format!("{name:?} is not in the upstream's entitlement catalog{hint}"),
+                    );
+                }
+            }
+        }
+    }
+    let param_names: Vec<&str> = template
+        .as_ref()
+        .map(|t| t.param_names().collect())
+        .unwrap_or_default();
+    if let Some(param) = &raw.deny_self {
+        if template.is_some() && !param_names.contains(&param.as_str()) {
+            errs.push(
+                format!("{path}.deny_self"),
+                format!("the path template has no parameter {{{param}}}"),
+            );
+        }
+    }
+    if let Some(param) = &raw.invalidates_client {
+        if template.is_some() && !param_names.contains(&param.as_str()) {
+            errs.push(
+                format!("{path}.invalidates_client"),
+                format!("the path template has no parameter {{{param}}}"),
+            );
+        }
+    }
+    let pin_headers = raw
+        .pin_headers
+        .as_ref()
+        .map(|pins| pin_headers(pins, &format!("{path}.pin_headers"), errs))
+        .unwrap_or_default();
+    if auth == AuthMode::None && (raw.deny_self.is_some() || !pin_headers.is_empty()) {
+        errs.push(
+            path.to_string(),
+            "deny_self and pin_headers need a token (auth = \"required\")",
+        );
+    }
+    let body = raw.body.as_ref().and_then(|b| {
+        BodyPolicy::compile(
+            b,
+            &format!("{path}.body"),
+            // A checked body is replayed from pingora's 64 KiB retry buffer.
+            ctx.max_body_bytes
+                .min(crate::proxy::body::MAX_INSPECTED_BODY),
+            &param_names,
+            ctx.catalogs,
+        )
+        .map_err(|list| {
+            for (key, reason) in list {
+                errs.push(key, reason);
+            }
+        })
+        .ok()
+    });
     let ip_allow = raw
         .ip_allow
         .as_ref()
@@ -821,7 +1194,49 @@ fn route_config(
         ip_deny,
         strip_authorization: raw.strip_authorization,
         read_timeout,
+        deny_self: raw.deny_self,
+        invalidates_client: raw.invalidates_client,
+        pin_headers,
+        body,
     })
+}
+
+fn pin_headers(pins: &BTreeMap<String, String>, path: &str, errs: &mut Errors) -> Vec<PinHeader> {
+    let mut out = Vec::new();
+    for (header, claim) in pins {
+        let key = format!("{path}.{header}");
+        let Ok(name) = http::HeaderName::from_bytes(header.as_bytes()) else {
+            errs.push(key, format!("{header:?} is not a header name"));
+            continue;
+        };
+        let lower = name.as_str();
+        if lower.starts_with("x-portcullis-")
+            || [
+                "authorization",
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "x-forwarded-for",
+            ]
+            .contains(&lower)
+        {
+            errs.push(
+                key,
+                format!("{header:?} is managed by the gateway and cannot be pinned"),
+            );
+            continue;
+        }
+        let claim_path: Vec<String> = claim.split('.').map(str::to_string).collect();
+        if claim_path.iter().any(String::is_empty) {
+            errs.push(key, format!("{claim:?} is not a claim name or dotted path"));
+            continue;
+        }
+        out.push(PinHeader {
+            header: name,
+            claim: claim_path,
+        });
+    }
+    out
 }
 
 fn parse_method(m: &str) -> Result<Method, String> {

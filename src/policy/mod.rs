@@ -1,6 +1,10 @@
-//! Pure policy: IP lists and entitlement rules. Nothing here knows about
-//! pingora or sockets; every function takes facts and returns a verdict.
+//! Pure policy: IP lists, entitlement rules, body rules, route guards.
+//! Nothing here knows about pingora or sockets; every function takes facts
+//! and returns a verdict.
 
+pub mod body;
+pub mod catalog;
 pub mod client_ip;
 pub mod entitlements;
 pub mod ip;
+pub mod route_guards;

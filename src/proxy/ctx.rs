@@ -23,6 +23,15 @@ pub struct RequestCtx {
     pub subject: Option<String>,
     /// The refusal the gateway answered with, if any.
     pub refusal: Option<GatewayError>,
+    /// Path parameters of the matched route, copied only for routes whose
+    /// rules need them after the request head is released.
+    pub params: Vec<(String, String)>,
+    /// Headers the gateway sets from token claims (`pin_headers`).
+    pub pinned: Vec<(http::HeaderName, String)>,
+    /// Length of a body read and checked by the body policy.
+    pub inspected_body_len: Option<usize>,
+    /// Body bytes streamed so far (routes without a body policy).
+    pub streamed_body_bytes: u64,
     /// Upstream address attempts (bounded retries on connect failure).
     pub attempts: usize,
     pub upstream_started: Option<Instant>,
@@ -41,6 +50,10 @@ impl RequestCtx {
             client_id: None,
             subject: None,
             refusal: None,
+            params: Vec::new(),
+            pinned: Vec::new(),
+            inspected_body_len: None,
+            streamed_body_bytes: 0,
             attempts: 0,
             upstream_started: None,
         }

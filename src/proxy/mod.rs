@@ -18,26 +18,31 @@
 //! Nothing after a refusal runs, and a refused request never reaches
 //! `upstream_peer`, so it never opens an upstream connection.
 
+pub mod body;
 pub mod ctx;
 pub mod headers;
 pub mod respond;
 pub mod state;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::config::model::AuthMode;
+use crate::clients::Lookup;
+use crate::config::model::{AuthMode, EntitlementsFrom};
 use crate::error::GatewayError;
+use crate::policy::body::BodyRequest;
 use crate::policy::client_ip::client_ip;
 use crate::policy::ip::canonical;
+use crate::policy::route_guards;
 use crate::routing::target::{check_request, RequestLimits};
 use crate::routing::RouteLookup;
 use ctx::RequestCtx;
@@ -83,7 +88,18 @@ impl Gateway {
         )?;
         // 2. Route.
         let route_index = match config.route_table.lookup(&req.method, target.path) {
-            RouteLookup::Matched { index, .. } => index,
+            RouteLookup::Matched { index, params } => {
+                let needs_params = config.routes.get(index).is_some_and(|r| {
+                    r.deny_self.is_some() || r.body.is_some() || r.invalidates_client.is_some()
+                });
+                if needs_params {
+                    ctx.params = params
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                }
+                index
+            }
             RouteLookup::MethodNotAllowed { allow } => {
                 return Err(GatewayError::MethodNotAllowed { allow })
             }
@@ -123,12 +139,120 @@ impl Gateway {
             .unwrap_or(0);
         let verified = state.verifier.verify(token, &route.issuers, now).await?;
 
-        // 6. Entitlements.
-        route.entitlements.check(&verified.entitlements)?;
-        ctx.client_id = verified.client_id;
-        ctx.subject = verified.subject;
+        ctx.client_id = verified.client_id.clone();
+        ctx.subject = verified.subject.clone();
+
+        // 5. Client metadata: the client must exist, be enabled, and accept
+        //    this address.
+        let meta = match &state.clients {
+            None => None,
+            Some(directory) => {
+                let id = verified
+                    .client_id
+                    .as_deref()
+                    .ok_or(GatewayError::UnknownClient)?;
+                match directory.lookup(id).await {
+                    Ok(Lookup::Found(meta)) => {
+                        meta.admit(ctx.client_ip)?;
+                        Some(meta)
+                    }
+                    Ok(Lookup::NotFound) => return Err(GatewayError::UnknownClient),
+                    Err(_) => return Err(GatewayError::MetadataUnavailable),
+                }
+            }
+        };
+
+        // 6. Entitlements: the token's, the client's, or both at once.
+        let from = config
+            .clients
+            .as_ref()
+            .map_or(EntitlementsFrom::Token, |c| c.entitlements_from);
+        let effective: Cow<'_, [String]> = match (&meta, from) {
+            (None, _) | (Some(_), EntitlementsFrom::Token) => Cow::Borrowed(&verified.entitlements),
+            (Some(m), EntitlementsFrom::Metadata) => Cow::Borrowed(&m.entitlements),
+            (Some(m), EntitlementsFrom::Both) => Cow::Owned(
+                verified
+                    .entitlements
+                    .iter()
+                    .filter(|e| m.entitlements.contains(e))
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        route.entitlements.check(&effective)?;
+
+        // 7. Update guards: deny_self, pin_headers, then the body policy.
+        if let Some(param) = &route.deny_self {
+            let ids: Vec<&str> = verified
+                .client_id
+                .as_deref()
+                .into_iter()
+                .chain(meta.iter().flat_map(|m| m.names()))
+                .collect();
+            route_guards::deny_self(param, param_value(&ctx.params, param), &ids)?;
+        }
+        if !route.pin_headers.is_empty() {
+            ctx.pinned =
+                route_guards::check_pins(&route.pin_headers, &req.headers, &verified.claims)?;
+        }
+        if let Some(policy) = &route.body {
+            let content_type = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body =
+                body::read_bounded(session, policy.max_bytes, config.server.body_timeout).await?;
+            let params: Vec<(&str, &str)> = ctx
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            policy
+                .evaluate(&BodyRequest {
+                    content_type: content_type.as_deref(),
+                    body: &body,
+                    path_params: &params,
+                    entitlements: &effective,
+                })
+                .map_err(GatewayError::BodyRule)?;
+            ctx.inspected_body_len = Some(body.len());
+        }
         Ok(())
     }
+}
+
+async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
+    if matches!(
+        req.method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        return;
+    }
+    let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
+        return;
+    };
+    let (Some(param), Some(directory)) = (
+        state.config.routes[route_index].invalidates_client.as_ref(),
+        state.clients.as_ref(),
+    ) else {
+        return;
+    };
+    if let Some(raw) = param_value(&ctx.params, param) {
+        let name = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|_| raw.to_string());
+        let evicted = directory.invalidate(&name).await;
+        tracing::debug!(client = %name, evicted, "client metadata invalidated after write");
+    }
+}
+
+fn param_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -147,11 +271,8 @@ fn upstream_error(e: &Error) -> Option<GatewayError> {
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed
         | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
         | HandshakeError => Some(GatewayError::UpstreamUnreachable),
-        HTTPStatus(code) => Some(match code {
-            408 => GatewayError::InvalidFraming("request body timed out"),
-            413 => GatewayError::BodyTooLarge(0),
-            _ => GatewayError::Internal,
-        }),
+        HTTPStatus(408) => Some(GatewayError::RequestTimeout),
+        HTTPStatus(_) => Some(GatewayError::Internal),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(GatewayError::UpstreamUnreachable),
             ErrorSource::Downstream => match e.etype() {
@@ -216,6 +337,16 @@ impl ProxyHttp for Gateway {
         peer.options.write_timeout = Some(route.read_timeout);
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
+        // Hop-by-hop fields are stripped by pingora; names nominated in
+        // `Connection` are stripped by `headers::prepare` before the gateway
+        // sets its own (pingora would refuse a nomination of a forwarding
+        // header instead of ignoring it).
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
+            strip_hop_by_hop: true,
+            strip_connection_nominated: false,
+            reject_malformed_connection_nominations: false,
+            h1_upgrade: H1UpgradePolicy::Deny,
+        };
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -267,7 +398,45 @@ impl ProxyHttp for Gateway {
                 "http"
             },
         };
-        headers::prepare(session.req_header(), upstream_request, &forwarding)
+        headers::prepare(session.req_header(), upstream_request, &forwarding)?;
+        for (name, value) in &ctx.pinned {
+            upstream_request.insert_header(name.clone(), value.as_str())?;
+        }
+        if let Some(len) = ctx.inspected_body_len {
+            // The checked body is replayed whole: frame it with its exact length.
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<()> {
+        if ctx.inspected_body_len.is_some() {
+            return Ok(());
+        }
+        // A streamed (chunked) body is cut off once it passes the server limit.
+        let max = ctx
+            .state
+            .as_ref()
+            .map(|s| s.config.server.max_body_bytes)
+            .unwrap_or(0);
+        ctx.streamed_body_bytes = ctx
+            .streamed_body_bytes
+            .saturating_add(body.as_ref().map_or(0, |b| b.len() as u64));
+        if ctx.streamed_body_bytes > max {
+            ctx.refusal = Some(GatewayError::BodyTooLarge(max));
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body over max_body_bytes",
+            );
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -309,6 +478,10 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        // 9. A forwarded write that succeeded changes the client: forget it.
+        if ctx.refusal.is_none() && (200..300).contains(&status) {
+            invalidate_after_write(session.req_header(), ctx).await;
+        }
         let route = ctx
             .state
             .as_ref()

@@ -5,11 +5,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::auth::Verifier;
+use crate::clients::oauth::TokenSource;
+use crate::clients::{ClientDirectory, HttpSource, Source};
+use crate::config::model::{ClientSourceConfig, ClientsConfig};
 use crate::config::Config;
 
 pub struct GatewayState {
     pub config: Arc<Config>,
     pub verifier: Arc<Verifier>,
+    /// Client metadata, when `[clients]` is configured.
+    pub clients: Option<Arc<ClientDirectory>>,
     /// Round-robin cursor per upstream (same index as `config.upstreams`).
     cursors: Vec<AtomicUsize>,
 }
@@ -21,9 +26,11 @@ impl GatewayState {
             .iter()
             .map(|_| AtomicUsize::new(0))
             .collect();
+        let clients = config.clients.as_ref().map(|c| Arc::new(directory(c)));
         GatewayState {
             config,
             verifier,
+            clients,
             cursors,
         }
     }
@@ -38,4 +45,33 @@ impl GatewayState {
         let i = self.cursors.get(index)?.fetch_add(1, Ordering::Relaxed) % n;
         upstream.addresses.get(i).map(String::as_str)
     }
+}
+
+/// Build the client directory for `[clients]`.
+pub fn directory(config: &ClientsConfig) -> ClientDirectory {
+    let source = match &config.source {
+        ClientSourceConfig::Static(list) => Source::Static(
+            list.iter()
+                .map(|m| (m.client_id.clone(), Arc::new(m.clone())))
+                .collect(),
+        ),
+        ClientSourceConfig::Http {
+            url,
+            response_pointer,
+            fields,
+            credential,
+        } => Source::Http(Box::new(HttpSource {
+            url: url.clone(),
+            response_pointer: response_pointer.clone(),
+            fields: fields.clone(),
+            timeout: config.timeout,
+            auth: TokenSource::new(credential.clone()),
+            http: reqwest::Client::builder()
+                .timeout(config.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+        })),
+    };
+    ClientDirectory::new(source, config.cache)
 }

@@ -96,7 +96,20 @@ pub fn check_request<'a>(
     limits: &RequestLimits,
 ) -> Result<CheckedTarget<'a>, GatewayError> {
     match raw_header_block {
-        Some(block) => check_raw_block(block, limits)?,
+        Some(block) => {
+            check_raw_block(block, limits)?;
+            // The parser drops a fragment (and may re-escape bytes) before the
+            // gateway sees the target: what was sent must be what is checked.
+            if let Some(sent) = request_line_target(block) {
+                if sent != raw_target {
+                    return Err(if sent.contains(&b'#') {
+                        GatewayError::InvalidPath("fragment")
+                    } else {
+                        GatewayError::InvalidRequestTarget("request target altered by parsing")
+                    });
+                }
+            }
+        }
         None => check_header_map_size(headers, limits)?,
     }
     let target = check_target(method, raw_target)?;
@@ -105,6 +118,18 @@ pub fn check_request<'a>(
 }
 
 // === request target ===
+
+/// The request-target of the raw request line (`METHOD SP target SP version`),
+/// skipping blank lines a client may send first (RFC 9112 §2.2).
+fn request_line_target(block: &[u8]) -> Option<&[u8]> {
+    let line = block
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find(|l| !l.is_empty())?;
+    let mut parts = line.split(|b| *b == b' ').filter(|p| !p.is_empty());
+    parts.next()?;
+    parts.next()
+}
 
 fn check_target<'a>(method: &Method, raw: &'a [u8]) -> Result<CheckedTarget<'a>, GatewayError> {
     if *method == Method::CONNECT {
@@ -406,6 +431,34 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
         v = rest;
     }
     v
+}
+
+#[cfg(test)]
+mod request_line_tests {
+    use super::*;
+
+    #[test]
+    fn fragment_dropped_by_the_parser_is_caught() {
+        let block = b"GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let err = check_request(
+            &Method::GET,
+            b"/a",
+            &HeaderMap::new(),
+            Some(block),
+            &RequestLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err, GatewayError::InvalidPath("fragment"));
+        let ok = b"\r\nGET /a?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(check_request(
+            &Method::GET,
+            b"/a?x=1",
+            &HeaderMap::new(),
+            Some(ok),
+            &RequestLimits::default()
+        )
+        .is_ok());
+    }
 }
 
 #[cfg(test)]

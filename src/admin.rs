@@ -1,0 +1,170 @@
+//! The admin listener: health, readiness and the mutating admin endpoints.
+//!
+//! `GET /healthz` — the process is alive. `GET /readyz` — a config is loaded
+//! and every issuer has keys (503 with a JSON reason otherwise).
+//! `POST /admin/clients/{client_id}/invalidate` and
+//! `POST /admin/clients/invalidate-all` — evict cached client metadata; they
+//! need `Authorization: Bearer <admin token>` and are off (404) without
+//! `[admin] token_env`.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::proxy::state::GatewayState;
+
+pub struct AdminApp {
+    state: Arc<ArcSwap<GatewayState>>,
+}
+
+impl AdminApp {
+    pub fn new(state: Arc<ArcSwap<GatewayState>>) -> AdminApp {
+        AdminApp { state }
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let body = body.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    json(
+        status,
+        serde_json::json!({"error": code, "message": message}),
+    )
+}
+
+/// Compare without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the request carries the admin token.
+fn authorized(session: &ServerSession, state: &GatewayState) -> Option<bool> {
+    let expected = state.config.admin.token.as_ref()?;
+    let presented = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    Some(presented.is_some_and(|t| constant_time_eq(t.as_bytes(), &expected.0)))
+}
+
+impl AdminApp {
+    async fn route(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let state = self.state.load_full();
+        let req = session.req_header();
+        let path = req.uri.path();
+        let method = &req.method;
+        match (method.as_str(), path) {
+            ("GET", "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            ("GET", "/readyz") => {
+                let missing: Vec<&str> = state
+                    .config
+                    .issuers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| {
+                        state
+                            .verifier
+                            .issuer_keys(*i)
+                            .is_none_or(|k| k.current().is_none())
+                    })
+                    .map(|(_, iss)| iss.name.as_str())
+                    .collect();
+                if missing.is_empty() {
+                    json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+                } else {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({
+                            "status": "not_ready",
+                            "reason": format!("no signing keys loaded for issuer(s): {}", missing.join(", ")),
+                        }),
+                    )
+                }
+            }
+            ("POST", p) if p.starts_with("/admin/") => {
+                match authorized(session, &state) {
+                    None => {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "admin endpoints are off (no [admin] token_env)",
+                        )
+                    }
+                    Some(false) => {
+                        let mut resp = error(
+                            StatusCode::UNAUTHORIZED,
+                            "missing_token",
+                            "admin token required",
+                        );
+                        if let Ok(v) =
+                            http::HeaderValue::from_str("Bearer realm=\"portcullis-admin\"")
+                        {
+                            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                        }
+                        return resp;
+                    }
+                    Some(true) => {}
+                }
+                self.admin_action(&state, p).await
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+
+    async fn admin_action(&self, state: &GatewayState, path: &str) -> Response<Vec<u8>> {
+        let Some(dir) = state.clients.as_ref() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no [clients] configured",
+            );
+        };
+        if path == "/admin/clients/invalidate-all" {
+            dir.invalidate_all();
+            return json(StatusCode::OK, serde_json::json!({"invalidated": "all"}));
+        }
+        let id = path
+            .strip_prefix("/admin/clients/")
+            .and_then(|rest| rest.strip_suffix("/invalidate"))
+            .filter(|id| !id.is_empty() && !id.contains('/'));
+        match id {
+            Some(raw) => {
+                let id = percent_encoding::percent_decode_str(raw)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_else(|_| raw.to_string());
+                let n = dir.invalidate(&id).await;
+                json(StatusCode::OK, serde_json::json!({"invalidated": n}))
+            }
+            None => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        self.route(session).await
+    }
+}

@@ -1,0 +1,190 @@
+//! `ClientDirectory`: client metadata by client id, cached.
+//!
+//! A moka cache holds what the source said and when. A fresh entry answers
+//! at once. A missing or expired one is (re)loaded under moka's per-key
+//! compute lock, so N concurrent requests for the same client make one
+//! source call and the rest reuse its answer. When the source fails, an
+//! expired entry keeps serving for `stale_if_error`; with nothing usable the
+//! gateway fails closed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
+
+use super::source::{HttpSource, Lookup, Source};
+
+/// Cache lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    fetched: Instant,
+    lookup: Lookup,
+}
+
+impl Entry {
+    fn age(&self) -> Duration {
+        self.fetched.elapsed()
+    }
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct DirectoryStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub loads: AtomicU64,
+    pub load_errors: AtomicU64,
+    pub stale_serves: AtomicU64,
+}
+
+pub struct ClientDirectory {
+    source: Source,
+    policy: CachePolicy,
+    cache: Cache<String, Arc<Entry>>,
+    pub stats: DirectoryStats,
+}
+
+/// Why a lookup could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFailure(pub String);
+
+impl ClientDirectory {
+    pub fn new(source: Source, policy: CachePolicy) -> ClientDirectory {
+        let keep = policy.ttl.max(policy.negative_ttl) + policy.stale_if_error;
+        let cache = Cache::builder()
+            .max_capacity(policy.max_entries)
+            .time_to_live(keep.max(Duration::from_millis(1)))
+            .build();
+        ClientDirectory {
+            source,
+            policy,
+            cache,
+            stats: DirectoryStats::default(),
+        }
+    }
+
+    /// Number of cached clients (approximate, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    fn fresh(&self, entry: &Entry) -> bool {
+        let ttl = match entry.lookup {
+            Lookup::Found(_) => self.policy.ttl,
+            Lookup::NotFound => self.policy.negative_ttl,
+        };
+        entry.age() < ttl
+    }
+
+    /// The metadata of `client_id`.
+    pub async fn lookup(&self, client_id: &str) -> Result<Lookup, SourceFailure> {
+        let http = match &self.source {
+            Source::Static(map) => {
+                return Ok(map
+                    .get(client_id)
+                    .map(|m| Lookup::Found(m.clone()))
+                    .unwrap_or(Lookup::NotFound))
+            }
+            Source::Http(http) => http,
+        };
+        if let Some(entry) = self.cache.get(client_id).await {
+            if self.fresh(&entry) {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(entry.lookup.clone());
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.load(http, client_id).await
+    }
+
+    async fn load(&self, http: &HttpSource, client_id: &str) -> Result<Lookup, SourceFailure> {
+        let mut served_stale = false;
+        let result = self
+            .cache
+            .entry_by_ref(client_id)
+            .and_try_compute_with(|current| {
+                let served_stale = &mut served_stale;
+                async move {
+                    if let Some(current) = &current {
+                        // Someone else refreshed it while we waited for the key lock.
+                        if self.fresh(current.value()) {
+                            return Ok(Op::Nop);
+                        }
+                    }
+                    self.stats.loads.fetch_add(1, Ordering::Relaxed);
+                    match http.fetch(client_id).await {
+                        Ok(lookup) => Ok(Op::Put(Arc::new(Entry {
+                            fetched: Instant::now(),
+                            lookup,
+                        }))),
+                        Err(reason) => {
+                            self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(client_id, %reason, "client metadata load failed");
+                            match current {
+                                Some(cur) if cur.value().age() < self.stale_limit(cur.value()) => {
+                                    *served_stale = true;
+                                    Ok(Op::Nop)
+                                }
+                                _ => Err(SourceFailure(reason)),
+                            }
+                        }
+                    }
+                }
+            })
+            .await?;
+        if served_stale {
+            self.stats.stale_serves.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Ok(e.into_value().lookup.clone())
+            }
+            CompResult::StillNone(_) | CompResult::Removed(_) => {
+                Err(SourceFailure("no metadata entry after load".into()))
+            }
+        }
+    }
+
+    fn stale_limit(&self, entry: &Entry) -> Duration {
+        let ttl = match entry.lookup {
+            Lookup::Found(_) => self.policy.ttl,
+            Lookup::NotFound => self.policy.negative_ttl,
+        };
+        ttl + self.policy.stale_if_error
+    }
+
+    /// Evict the client named `name` — by client id, or by the record id its
+    /// metadata carries. Returns how many entries went.
+    pub async fn invalidate(&self, name: &str) -> usize {
+        let mut keys: Vec<String> = Vec::new();
+        if self.cache.contains_key(name) {
+            keys.push(name.to_string());
+        }
+        for (key, entry) in self.cache.iter() {
+            if let Lookup::Found(meta) = &entry.lookup {
+                if meta.id.as_deref() == Some(name) && key.as_str() != name {
+                    keys.push(key.as_ref().clone());
+                }
+            }
+        }
+        for key in &keys {
+            self.cache.invalidate(key).await;
+        }
+        keys.len()
+    }
+
+    /// Evict everything.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+}

@@ -1,0 +1,120 @@
+//! The gateway's own bearer token for talking to the IAM service: a fixed
+//! one from the environment, or one obtained by OAuth 2.0 client_credentials
+//! (RFC 6749 §4.4), cached and renewed before it expires.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::config::model::Secret;
+
+/// Renew this long before the token's announced expiry.
+const RENEW_MARGIN: Duration = Duration::from_secs(30);
+/// Lifetime assumed when the token endpoint gives no `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// How the gateway authenticates to a service.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    None,
+    Bearer(Secret),
+    ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        scope: Option<String>,
+    },
+}
+
+/// A credential plus the cached token it produced.
+pub struct TokenSource {
+    credential: Credential,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl TokenSource {
+    pub fn new(credential: Credential) -> TokenSource {
+        TokenSource {
+            credential,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Whether a 401 from the service is worth one renewal.
+    pub fn renewable(&self) -> bool {
+        matches!(self.credential, Credential::ClientCredentials { .. })
+    }
+
+    /// The `Authorization` value to send, or None. `force` discards a cached
+    /// token (after the service answered 401). Concurrent callers share one
+    /// token request: the lock is held across it.
+    pub async fn header(
+        &self,
+        http: &reqwest::Client,
+        force: bool,
+    ) -> Result<Option<String>, String> {
+        match &self.credential {
+            Credential::None => Ok(None),
+            Credential::Bearer(secret) => {
+                let token =
+                    std::str::from_utf8(&secret.0).map_err(|_| "bearer token is not UTF-8")?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            Credential::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => {
+                let mut cached = self.cached.lock().await;
+                if !force {
+                    if let Some((token, renew_at)) = cached.as_ref() {
+                        if Instant::now() < *renew_at {
+                            return Ok(Some(format!("Bearer {token}")));
+                        }
+                    }
+                }
+                let secret = std::str::from_utf8(&client_secret.0)
+                    .map_err(|_| "client secret is not UTF-8".to_string())?;
+                let mut form = vec![("grant_type", "client_credentials")];
+                if let Some(scope) = scope {
+                    form.push(("scope", scope.as_str()));
+                }
+                let resp = http
+                    .post(token_url)
+                    .basic_auth(client_id, Some(secret))
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(|e| format!("token endpoint unreachable: {}", e.without_url()))?;
+                if !resp.status().is_success() {
+                    return Err(format!(
+                        "token endpoint answered {}",
+                        resp.status().as_u16()
+                    ));
+                }
+                let body: TokenResponse = resp
+                    .json()
+                    .await
+                    .map_err(|_| "token endpoint answer is not a token response".to_string())?;
+                let lifetime = body
+                    .expires_in
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_LIFETIME);
+                let renew_at =
+                    Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
+                let header = format!("Bearer {}", body.access_token);
+                *cached = Some((body.access_token, renew_at));
+                Ok(Some(header))
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Bounded buffering of a request body before anything goes upstream.
+//!
+//! Used only on routes with `[routes.body]`: the whole body is read inside
+//! `request_filter` into pingora's retry buffer (64 KiB, which is why a
+//! body policy's `max_bytes` is capped there), checked, and — when allowed —
+//! replayed upstream by pingora unchanged.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora_proxy::Session;
+
+use crate::error::GatewayError;
+
+/// Pingora's retry buffer size: the most a body policy can inspect and replay.
+pub const MAX_INSPECTED_BODY: u64 = 64 * 1024;
+
+/// Read the whole request body, refusing as soon as it passes `max_bytes`
+/// (without reading the rest) or when the client is slower than `timeout`
+/// between chunks.
+pub async fn read_bounded(
+    session: &mut Session,
+    max_bytes: u64,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    if let Some(declared) = declared_length(session) {
+        if declared > max_bytes {
+            return Err(GatewayError::BodyTooLarge(max_bytes));
+        }
+    }
+    session.enable_retry_buffering();
+    let mut total: u64 = 0;
+    loop {
+        let chunk = match tokio::time::timeout(timeout, session.read_request_body()).await {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "request body read failed");
+                return Err(GatewayError::InvalidFraming(
+                    "request body could not be read",
+                ));
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        total = total.saturating_add(chunk.len() as u64);
+        if total > max_bytes {
+            return Err(GatewayError::BodyTooLarge(max_bytes));
+        }
+    }
+    if session.retry_buffer_truncated() {
+        // Cannot happen while max_bytes ≤ MAX_INSPECTED_BODY; fail closed if it does.
+        return Err(GatewayError::BodyTooLarge(max_bytes));
+    }
+    Ok(session.get_retry_buffer().unwrap_or_default())
+}
+
+fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
