@@ -134,6 +134,7 @@ fn issuer(name: &str, algorithms: &[Algorithm], keys: KeySource) -> IssuerConfig
         leeway_seconds: 30,
         client_id_claims: vec!["client_id".into(), "azp".into(), "cid".into()],
         entitlements_claim: vec!["entitlements".into()],
+        client_metadata: true,
     }
 }
 

@@ -51,6 +51,10 @@ pub struct ClientDirectory {
     source: Source,
     policy: CachePolicy,
     cache: Cache<String, Arc<Entry>>,
+    /// When the last load of a client failed, and why: requests that were
+    /// already waiting for that load share its failure instead of each
+    /// asking the failing source again.
+    failures: Cache<String, (Instant, String)>,
     pub stats: DirectoryStats,
 }
 
@@ -65,10 +69,15 @@ impl ClientDirectory {
             .max_capacity(policy.max_entries)
             .time_to_live(keep.max(Duration::from_millis(1)))
             .build();
+        let failures = Cache::builder()
+            .max_capacity(policy.max_entries)
+            .time_to_live(Duration::from_secs(60))
+            .build();
         ClientDirectory {
             source,
             policy,
             cache,
+            failures,
             stats: DirectoryStats::default(),
         }
     }
@@ -108,6 +117,7 @@ impl ClientDirectory {
     }
 
     async fn load(&self, http: &HttpSource, client_id: &str) -> Result<Lookup, SourceFailure> {
+        let arrival = Instant::now();
         let mut served_stale = false;
         let result = self
             .cache
@@ -121,15 +131,34 @@ impl ClientDirectory {
                             return Ok(Op::Nop);
                         }
                     }
-                    self.stats.loads.fetch_add(1, Ordering::Relaxed);
-                    match http.fetch(client_id).await {
+                    // A load that failed while this request waited for the key
+                    // lock answers it too: one source call per wave of requests.
+                    let shared = self
+                        .failures
+                        .get(client_id)
+                        .await
+                        .filter(|(at, _)| *at >= arrival)
+                        .map(|(_, reason)| reason);
+                    let outcome = match shared {
+                        Some(reason) => Err(reason),
+                        None => {
+                            self.stats.loads.fetch_add(1, Ordering::Relaxed);
+                            http.fetch(client_id).await
+                        }
+                    };
+                    match outcome {
                         Ok(lookup) => Ok(Op::Put(Arc::new(Entry {
                             fetched: Instant::now(),
                             lookup,
                         }))),
                         Err(reason) => {
-                            self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(client_id, %reason, "client metadata load failed");
+                            if shared_failure_is_new(&self.failures, client_id, arrival).await {
+                                self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(client_id, %reason, "client metadata load failed");
+                                self.failures
+                                    .insert(client_id.to_string(), (Instant::now(), reason.clone()))
+                                    .await;
+                            }
                             match current {
                                 Some(cur) if cur.value().age() < self.stale_limit(cur.value()) => {
                                     *served_stale = true;
@@ -187,4 +216,17 @@ impl ClientDirectory {
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
     }
+}
+
+/// Whether the failure being handled is this request's own (not one it
+/// shares from a load that finished while it waited).
+async fn shared_failure_is_new(
+    failures: &Cache<String, (Instant, String)>,
+    client_id: &str,
+    arrival: Instant,
+) -> bool {
+    failures
+        .get(client_id)
+        .await
+        .is_none_or(|(at, _)| at < arrival)
 }

@@ -131,6 +131,10 @@ pub struct IssuerConfig {
     pub client_id_claims: Vec<String>,
     /// Dotted path split into segments (`realm_access.roles` → `["realm_access", "roles"]`).
     pub entitlements_claim: Vec<String>,
+    /// Whether `[clients]` applies to this issuer's callers (default true):
+    /// the metadata source knows the clients of one IAM service, not those
+    /// of every issuer.
+    pub client_metadata: bool,
 }
 
 /// How the gateway authenticates itself to an upstream when a route strips

@@ -122,6 +122,7 @@ pub struct RawIssuer {
     pub leeway_seconds: Option<i64>,
     pub client_id_claims: Option<Vec<String>>,
     pub entitlements_claim: Option<String>,
+    pub client_metadata: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

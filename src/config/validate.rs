@@ -537,6 +537,7 @@ fn issuer_config(
         leeway_seconds,
         client_id_claims,
         entitlements_claim,
+        client_metadata: raw.client_metadata.unwrap_or(true),
     })
 }
 

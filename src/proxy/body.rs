@@ -28,6 +28,16 @@ pub async fn read_bounded(
             return Err(GatewayError::BodyTooLarge(max_bytes));
         }
     }
+    // A client waiting for permission to send (RFC 9110 §10.1.1) gets it
+    // only now, after the request head passed every other check.
+    if expects_continue(session) {
+        if let Err(e) = session.write_continue_response().await {
+            tracing::debug!(error = %e, "client went away before 100 Continue");
+            return Err(GatewayError::InvalidFraming(
+                "request body could not be read",
+            ));
+        }
+    }
     session.enable_retry_buffering();
     let mut total: u64 = 0;
     loop {
@@ -52,6 +62,14 @@ pub async fn read_bounded(
         return Err(GatewayError::BodyTooLarge(max_bytes));
     }
     Ok(session.get_retry_buffer().unwrap_or_default())
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn declared_length(session: &Session) -> Option<u64> {

@@ -144,9 +144,12 @@ impl Gateway {
 
         // 5. Client metadata: the client must exist, be enabled, and accept
         //    this address.
+        let uses_metadata = config
+            .issuers
+            .get(verified.issuer)
+            .is_some_and(|i| i.client_metadata);
         let meta = match &state.clients {
-            None => None,
-            Some(directory) => {
+            Some(directory) if uses_metadata => {
                 let id = verified
                     .client_id
                     .as_deref()
@@ -160,6 +163,7 @@ impl Gateway {
                     Err(_) => return Err(GatewayError::MetadataUnavailable),
                 }
             }
+            _ => None,
         };
 
         // 6. Entitlements: the token's, the client's, or both at once.
@@ -266,12 +270,17 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 /// other failure to reach or read the upstream is 502.
 fn upstream_error(e: &Error) -> Option<GatewayError> {
     use ErrorType::*;
+    if e.esource() == &ErrorSource::Downstream && matches!(e.etype(), ReadTimedout) {
+        // The client stopped sending its body (server.body_timeout_ms).
+        return Some(GatewayError::RequestTimeout);
+    }
     match e.etype() {
         ReadTimedout | WriteTimedout => Some(GatewayError::UpstreamTimeout),
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed
         | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
         | HandshakeError => Some(GatewayError::UpstreamUnreachable),
         HTTPStatus(408) => Some(GatewayError::RequestTimeout),
+        HTTPStatus(413) => Some(GatewayError::BodyTooLarge(0)),
         HTTPStatus(_) => Some(GatewayError::Internal),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(GatewayError::UpstreamUnreachable),
@@ -299,6 +308,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<bool> {
         let state = self.state.load_full();
+        // Body reads (streamed or inspected) wait at most this long per read.
+        session.set_read_timeout(Some(state.config.server.body_timeout));
         ctx.request_id = headers::request_id(session.req_header());
         ctx.peer = peer_ip(session);
         ctx.peer_trusted = ctx
@@ -403,8 +414,10 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(name.clone(), value.as_str())?;
         }
         if let Some(len) = ctx.inspected_body_len {
-            // The checked body is replayed whole: frame it with its exact length.
+            // The checked body is replayed whole: frame it with its exact length,
+            // and send it at once (the client's 100-continue was answered here).
             upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.remove_header(&http::header::EXPECT);
             upstream_request.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
         }
         Ok(())
