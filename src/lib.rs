@@ -13,6 +13,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod error;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod routing;

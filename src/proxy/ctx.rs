@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::state::GatewayState;
 use crate::error::GatewayError;
+use crate::pipeline::Progress;
 
 /// What one request has established so far. A snapshot of the live state is
 /// taken at the start, so a reload never changes the rules mid-request.
@@ -13,21 +14,13 @@ pub struct RequestCtx {
     pub started: Instant,
     pub state: Option<Arc<GatewayState>>,
     pub request_id: String,
-    /// Index of the matched route in `state.config.routes`.
-    pub route: Option<usize>,
-    /// Canonical socket peer and the client address policy uses.
+    /// What the decision pipeline established (route, client, identity).
+    pub progress: Progress,
+    /// Canonical socket peer.
     pub peer: Option<IpAddr>,
     pub peer_trusted: bool,
-    pub client_ip: Option<IpAddr>,
-    pub client_id: Option<String>,
-    pub subject: Option<String>,
     /// The refusal the gateway answered with, if any.
     pub refusal: Option<GatewayError>,
-    /// Path parameters of the matched route, copied only for routes whose
-    /// rules need them after the request head is released.
-    pub params: Vec<(String, String)>,
-    /// Headers the gateway sets from token claims (`pin_headers`).
-    pub pinned: Vec<(http::HeaderName, String)>,
     /// Length of a body read and checked by the body policy.
     pub inspected_body_len: Option<usize>,
     /// Body bytes streamed so far (routes without a body policy).
@@ -43,15 +36,10 @@ impl RequestCtx {
             started: Instant::now(),
             state: None,
             request_id: String::new(),
-            route: None,
+            progress: Progress::default(),
             peer: None,
             peer_trusted: false,
-            client_ip: None,
-            client_id: None,
-            subject: None,
             refusal: None,
-            params: Vec::new(),
-            pinned: Vec::new(),
             inspected_body_len: None,
             streamed_body_bytes: 0,
             attempts: 0,

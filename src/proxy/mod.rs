@@ -24,7 +24,6 @@ pub mod headers;
 pub mod respond;
 pub mod state;
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -36,15 +35,9 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::clients::Lookup;
-use crate::config::model::{AuthMode, EntitlementsFrom};
 use crate::error::GatewayError;
-use crate::policy::body::BodyRequest;
-use crate::policy::client_ip::client_ip;
+use crate::pipeline::{self, NoTrace, RequestHead};
 use crate::policy::ip::canonical;
-use crate::policy::route_guards;
-use crate::routing::target::{check_request, RequestLimits};
-use crate::routing::RouteLookup;
 use ctx::RequestCtx;
 use state::GatewayState;
 
@@ -58,170 +51,56 @@ impl Gateway {
         Gateway { state }
     }
 
-    /// Steps 1–6: decide whether this request may go upstream.
+    /// Steps 1–7: decide whether this request may go upstream.
     async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         state: &GatewayState,
     ) -> Result<(), GatewayError> {
-        let config = &state.config;
-        let req = session.req_header();
-        let raw_headers = session
-            .as_downstream()
-            .as_http1()
-            .map(|h1| h1.get_headers_raw_bytes());
-        // Known before anything can fail, so every refusal is logged with it.
-        ctx.client_ip = client_ip(ctx.peer, &req.headers, &config.server.trusted_proxies);
-        let limits = RequestLimits {
-            max_header_bytes: config.server.max_header_bytes,
-            max_headers: config.server.max_headers,
-            max_body_bytes: config.server.max_body_bytes,
-        };
-        // 1. Request target, path, framing.
-        let target = check_request(
-            &req.method,
-            req.raw_path(),
-            &req.headers,
-            raw_headers.as_deref(),
-            &limits,
-        )?;
-        // 2. Route.
-        let route_index = match config.route_table.lookup(&req.method, target.path) {
-            RouteLookup::Matched { index, params } => {
-                let needs_params = config.routes.get(index).is_some_and(|r| {
-                    r.deny_self.is_some() || r.body.is_some() || r.invalidates_client.is_some()
-                });
-                if needs_params {
-                    ctx.params = params
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect();
-                }
-                index
-            }
-            RouteLookup::MethodNotAllowed { allow } => {
-                return Err(GatewayError::MethodNotAllowed { allow })
-            }
-            RouteLookup::NotFound => return Err(GatewayError::NoRoute),
-        };
-        ctx.route = Some(route_index);
-        let route = config
-            .routes
-            .get(route_index)
-            .ok_or(GatewayError::Internal)?;
-
-        // 3. The route's own IP rules, before any token work.
-        if route.ip_allow.is_some() || route.ip_deny.is_some() {
-            // No address (unix socket) fails closed.
-            let ip = ctx.client_ip.ok_or(GatewayError::IpDenied)?;
-            if let Some(allow) = &route.ip_allow {
-                if !allow.contains(ip) {
-                    return Err(GatewayError::IpDenied);
-                }
-            }
-            if let Some(deny) = &route.ip_deny {
-                if deny.contains(ip) {
-                    return Err(GatewayError::IpDenied);
-                }
-            }
-        }
-
-        if route.auth == AuthMode::None {
-            return Ok(());
-        }
-        // 4. Token.
-        let token =
-            crate::auth::bearer::bearer_token(&req.headers)?.ok_or(GatewayError::MissingToken)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let verified = state.verifier.verify(token, &route.issuers, now).await?;
-
-        ctx.client_id = verified.client_id.clone();
-        ctx.subject = verified.subject.clone();
-
-        // 5. Client metadata: the client must exist, be enabled, and accept
-        //    this address.
-        let uses_metadata = config
-            .issuers
-            .get(verified.issuer)
-            .is_some_and(|i| i.client_metadata);
-        let meta = match &state.clients {
-            Some(directory) if uses_metadata => {
-                let id = verified
-                    .client_id
-                    .as_deref()
-                    .ok_or(GatewayError::UnknownClient)?;
-                match directory.lookup(id).await {
-                    Ok(Lookup::Found(meta)) => {
-                        meta.admit(ctx.client_ip)?;
-                        Some(meta)
-                    }
-                    Ok(Lookup::NotFound) => return Err(GatewayError::UnknownClient),
-                    Err(_) => return Err(GatewayError::MetadataUnavailable),
-                }
-            }
-            _ => None,
+        let raw_headers = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        let req = session.req_header();
+        let head = RequestHead {
+            method: &req.method,
+            raw_target: req.raw_path(),
+            headers: &req.headers,
+            raw_header_block: raw_headers.as_deref(),
+            peer: ctx.peer,
         };
+        pipeline::admit_head(state, &head, now, &mut ctx.progress, &mut NoTrace).await?;
 
-        // 6. Entitlements: the token's, the client's, or both at once.
-        let from = config
-            .clients
-            .as_ref()
-            .map_or(EntitlementsFrom::Token, |c| c.entitlements_from);
-        let effective: Cow<'_, [String]> = match (&meta, from) {
-            (None, _) | (Some(_), EntitlementsFrom::Token) => Cow::Borrowed(&verified.entitlements),
-            (Some(m), EntitlementsFrom::Metadata) => Cow::Borrowed(&m.entitlements),
-            (Some(m), EntitlementsFrom::Both) => Cow::Owned(
-                verified
-                    .entitlements
-                    .iter()
-                    .filter(|e| m.entitlements.contains(e))
-                    .cloned()
-                    .collect(),
-            ),
+        // 7b. The body policy: read the whole body (bounded) before anything
+        //     goes upstream, then check it.
+        let Some(policy) = ctx
+            .progress
+            .route
+            .and_then(|r| state.config.routes.get(r))
+            .and_then(|r| r.body.as_ref())
+        else {
+            return Ok(());
         };
-        route.entitlements.check(&effective)?;
-
-        // 7. Update guards: deny_self, pin_headers, then the body policy.
-        if let Some(param) = &route.deny_self {
-            let ids: Vec<&str> = verified
-                .client_id
-                .as_deref()
-                .into_iter()
-                .chain(meta.iter().flat_map(|m| m.names()))
-                .collect();
-            route_guards::deny_self(param, param_value(&ctx.params, param), &ids)?;
-        }
-        if !route.pin_headers.is_empty() {
-            ctx.pinned =
-                route_guards::check_pins(&route.pin_headers, &req.headers, &verified.claims)?;
-        }
-        if let Some(policy) = &route.body {
-            let content_type = req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body =
-                body::read_bounded(session, policy.max_bytes, config.server.body_timeout).await?;
-            let params: Vec<(&str, &str)> = ctx
-                .params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            policy
-                .evaluate(&BodyRequest {
-                    content_type: content_type.as_deref(),
-                    body: &body,
-                    path_params: &params,
-                    entitlements: &effective,
-                })
-                .map_err(GatewayError::BodyRule)?;
-            ctx.inspected_body_len = Some(body.len());
-        }
+        let content_type = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body =
+            body::read_bounded(session, policy.max_bytes, state.config.server.body_timeout).await?;
+        pipeline::check_body(
+            state,
+            &ctx.progress,
+            content_type.as_deref(),
+            &body,
+            &mut NoTrace,
+        )?;
+        ctx.inspected_body_len = Some(body.len());
         Ok(())
     }
 }
@@ -233,7 +112,7 @@ async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
     ) {
         return;
     }
-    let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
+    let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.progress.route) else {
         return;
     };
     let (Some(param), Some(directory)) = (
@@ -242,7 +121,7 @@ async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
     ) else {
         return;
     };
-    if let Some(raw) = param_value(&ctx.params, param) {
+    if let Some(raw) = ctx.progress.param(param) {
         let name = percent_encoding::percent_decode_str(raw)
             .decode_utf8()
             .map(|c| c.into_owned())
@@ -250,13 +129,6 @@ async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
         let evicted = directory.invalidate(&name).await;
         tracing::debug!(client = %name, evicted, "client metadata invalidated after write");
     }
-}
-
-fn param_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -280,7 +152,6 @@ fn upstream_error(e: &Error) -> Option<GatewayError> {
         | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
         | HandshakeError => Some(GatewayError::UpstreamUnreachable),
         HTTPStatus(408) => Some(GatewayError::RequestTimeout),
-        HTTPStatus(413) => Some(GatewayError::BodyTooLarge(0)),
         HTTPStatus(_) => Some(GatewayError::Internal),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(GatewayError::UpstreamUnreachable),
@@ -332,7 +203,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<Box<HttpPeer>> {
-        let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
+        let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.progress.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
         let route = &state.config.routes[route_index];
@@ -374,7 +245,7 @@ impl ProxyHttp for Gateway {
         let addresses = ctx
             .state
             .as_ref()
-            .zip(ctx.route)
+            .zip(ctx.progress.route)
             .map(|(s, r)| {
                 s.config.upstreams[s.config.routes[r].upstream]
                     .addresses
@@ -391,7 +262,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<()> {
-        let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.route) else {
+        let (Some(state), Some(route_index)) = (ctx.state.as_ref(), ctx.progress.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
         let route = &state.config.routes[route_index];
@@ -399,8 +270,8 @@ impl ProxyHttp for Gateway {
             route,
             upstream: &state.config.upstreams[route.upstream],
             request_id: &ctx.request_id,
-            client_id: ctx.client_id.as_deref(),
-            subject: ctx.subject.as_deref(),
+            client_id: ctx.progress.client_id.as_deref(),
+            subject: ctx.progress.subject.as_deref(),
             peer: ctx.peer,
             peer_trusted: ctx.peer_trusted,
             proto: if state.config.server.tls.is_some() {
@@ -410,7 +281,7 @@ impl ProxyHttp for Gateway {
             },
         };
         headers::prepare(session.req_header(), upstream_request, &forwarding)?;
-        for (name, value) in &ctx.pinned {
+        for (name, value) in &ctx.progress.pinned {
             upstream_request.insert_header(name.clone(), value.as_str())?;
         }
         if let Some(len) = ctx.inspected_body_len {
@@ -468,7 +339,8 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let Some(err) = upstream_error(e) else {
+        // A refusal decided in a body filter takes precedence over its transport error.
+        let Some(err) = ctx.refusal.clone().or_else(|| upstream_error(e)) else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -498,7 +370,7 @@ impl ProxyHttp for Gateway {
         let route = ctx
             .state
             .as_ref()
-            .zip(ctx.route)
+            .zip(ctx.progress.route)
             .map(|(s, r)| s.config.routes[r].name.as_str())
             .unwrap_or("-");
         let reason = ctx.refusal.as_ref().map(GatewayError::code).unwrap_or("-");
@@ -510,8 +382,8 @@ impl ProxyHttp for Gateway {
             status,
             decision = if ctx.refusal.is_some() { "refuse" } else { "allow" },
             reason,
-            client_id = ctx.client_id.as_deref().unwrap_or("-"),
-            client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            client_id = ctx.progress.client_id.as_deref().unwrap_or("-"),
+            client_ip = %ctx.progress.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }
