@@ -1,9 +1,10 @@
 //! The admin listener: health, readiness and the mutating admin endpoints.
 //!
-//! `GET /healthz` — the process is alive. `GET /readyz` — a config is loaded
+//! `GET /metrics` — Prometheus text format. `GET /healthz` — the process is alive. `GET /readyz` — a config is loaded
 //! and every issuer has keys (503 with a JSON reason otherwise).
 //! `POST /admin/clients/{client_id}/invalidate` and
-//! `POST /admin/clients/invalidate-all` — evict cached client metadata; they
+//! `POST /admin/clients/invalidate-all` — evict cached client metadata;
+//! `POST /admin/reload` — re-read the config file (as SIGHUP does). They
 //! need `Authorization: Bearer <admin token>` and are off (404) without
 //! `[admin] token_env`.
 
@@ -15,15 +16,27 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
+use crate::reload::Reloader;
 
 pub struct AdminApp {
     state: Arc<ArcSwap<GatewayState>>,
+    metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminApp {
-    pub fn new(state: Arc<ArcSwap<GatewayState>>) -> AdminApp {
-        AdminApp { state }
+    pub fn new(
+        state: Arc<ArcSwap<GatewayState>>,
+        metrics: Arc<Metrics>,
+        reloader: Arc<Reloader>,
+    ) -> AdminApp {
+        AdminApp {
+            state,
+            metrics,
+            reloader,
+        }
     }
 }
 
@@ -75,6 +88,15 @@ impl AdminApp {
         let path = req.uri.path();
         let method = &req.method;
         match (method.as_str(), path) {
+            ("GET", "/metrics") => {
+                let body = self.metrics.render(&state);
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .unwrap_or_default()
+            }
             ("GET", "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             ("GET", "/readyz") => {
                 let missing: Vec<&str> = state
@@ -133,6 +155,24 @@ impl AdminApp {
     }
 
     async fn admin_action(&self, state: &GatewayState, path: &str) -> Response<Vec<u8>> {
+        if path == "/admin/reload" {
+            let reloader = self.reloader.clone();
+            return match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(hash)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"reloaded": true, "hash": hash}),
+                ),
+                Ok(Err(reason)) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"reloaded": false, "error": "invalid_config", "message": reason}),
+                ),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "reload task failed",
+                ),
+            };
+        }
         let Some(dir) = state.clients.as_ref() else {
             return error(
                 StatusCode::NOT_FOUND,

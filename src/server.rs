@@ -13,27 +13,73 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_proxy::http_proxy_service_with_name;
 
+use tokio::sync::Notify;
+
 use crate::admin::AdminApp;
+use crate::audit::AuditLog;
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 
 /// Everything that runs for a config: the server and its shared state.
 pub struct Assembled {
     pub server: Server,
     pub state: Arc<ArcSwap<GatewayState>>,
+    pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
 }
 
-/// Runs the key refreshers of the live verifier for the server's lifetime.
+/// Runs the key refreshers of the live verifier; follows it across reloads.
 struct KeyRefresh {
-    verifier: Arc<Verifier>,
+    state: Arc<ArcSwap<GatewayState>>,
+    keys_changed: Arc<Notify>,
 }
 
 #[async_trait]
 impl BackgroundService for KeyRefresh {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.verifier.run_refreshers(shutdown).await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let verifier = self.state.load().verifier.clone();
+            // Dropping the refreshers' future stops them (their JoinSet aborts).
+            let refreshers = verifier.run_refreshers(shutdown.clone());
+            tokio::select! {
+                _ = refreshers => return,
+                _ = self.keys_changed.notified() => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Reloads the config on SIGHUP.
+struct SignalReload {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for SignalReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload only via the admin endpoint");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = hangups.recv() => {
+                    let reloader = self.reloader.clone();
+                    // Reading and validating the file is blocking work.
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
@@ -43,13 +89,25 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
     let verifier = Arc::new(Verifier::new(&config.issuers));
     let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(
         config.clone(),
-        verifier.clone(),
+        verifier,
     )));
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    metrics.set_config(&config.hash);
+    let audit = Arc::new(
+        AuditLog::new(&config.log.audit, config.log.format)
+            .map_err(|e| format!("log.audit: cannot open the audit log: {e}"))?,
+    );
+    let keys_changed = Arc::new(Notify::new());
+    let reloader = Arc::new(Reloader::new(
+        state.clone(),
+        metrics.clone(),
+        keys_changed.clone(),
+    ));
 
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -57,7 +115,7 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
 
     let mut proxy = http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(state.clone()),
+        Gateway::new(state.clone(), metrics.clone(), audit),
         "portcullis proxy",
     );
     for addr in &config.server.listen {
@@ -73,11 +131,25 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
         }
     }
     server.add_service(proxy);
-    let mut admin = Service::new("portcullis admin".to_string(), AdminApp::new(state.clone()));
+    let mut admin = Service::new(
+        "portcullis admin".to_string(),
+        AdminApp::new(state.clone(), metrics.clone(), reloader.clone()),
+    );
     admin.add_tcp(&config.admin.listen);
     server.add_service(admin);
-    server.add_service(background_service("jwks refresh", KeyRefresh { verifier }));
-    Ok(Assembled { server, state })
+    server.add_service(background_service(
+        "jwks refresh",
+        KeyRefresh {
+            state: state.clone(),
+            keys_changed,
+        },
+    ));
+    Ok(Assembled {
+        server,
+        state,
+        metrics,
+        reloader,
+    })
 }
 
 /// A shutdown signal driven by a channel, for embedding (tests, `demo`).
@@ -96,6 +168,7 @@ impl ShutdownSignalWatch for ChannelSignal {
 pub struct GatewayHandle {
     pub listen: Vec<SocketAddr>,
     pub state: Arc<ArcSwap<GatewayState>>,
+    pub reloader: Arc<Reloader>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -131,7 +204,12 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
         .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
-    let Assembled { server, state } = assemble(config)?;
+    let Assembled {
+        server,
+        state,
+        reloader,
+        ..
+    } = assemble(config)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("portcullis-server".into())
@@ -144,6 +222,7 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
     let handle = GatewayHandle {
         listen: listen.clone(),
         state,
+        reloader,
         stop: Some(tx),
         thread: Some(thread),
     };
@@ -170,6 +249,14 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
 /// Run the gateway in the foreground until a signal stops it (SIGTERM
 /// graceful, SIGINT fast, SIGQUIT graceful upgrade).
 pub fn run_forever(config: Config) -> Result<(), String> {
-    let Assembled { server, .. } = assemble(config)?;
+    let Assembled {
+        mut server,
+        reloader,
+        ..
+    } = assemble(config)?;
+    server.add_service(background_service(
+        "config reload",
+        SignalReload { reloader },
+    ));
     server.run_forever()
 }

@@ -17,7 +17,7 @@ use moka::ops::compute::{CompResult, Op};
 use super::source::{HttpSource, Lookup, Source};
 
 /// Cache lifetimes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachePolicy {
     pub ttl: Duration,
     pub negative_ttl: Duration,

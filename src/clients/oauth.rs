@@ -15,7 +15,7 @@ const RENEW_MARGIN: Duration = Duration::from_secs(30);
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 /// How the gateway authenticates to a service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     None,
     Bearer(Secret),

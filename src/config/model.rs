@@ -28,6 +28,10 @@ pub struct Config {
     pub route_table: RouteTable,
     /// `[clients]`, when configured.
     pub clients: Option<ClientsConfig>,
+    /// `[log]`.
+    pub log: LogSettings,
+    /// SHA-256 of the file's text (hex, first 16 digits): the config_info metric.
+    pub hash: String,
     /// `[catalogs.NAME]`, loaded.
     pub catalogs: std::collections::HashMap<String, CatalogRef>,
 }
@@ -43,6 +47,8 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +240,7 @@ pub enum EntitlementsFrom {
 /// Where client metadata comes from (validated, secrets resolved).
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // built once per config load
+#[derive(PartialEq, Eq)]
 pub enum ClientSourceConfig {
     Static(Vec<crate::clients::ClientMeta>),
     Http {
@@ -244,11 +251,33 @@ pub enum ClientSourceConfig {
     },
 }
 
-/// `[clients]`.
-#[derive(Debug, Clone)]
+/// `[clients]`. Compared on reload: an unchanged source keeps its cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientsConfig {
     pub source: ClientSourceConfig,
     pub cache: crate::clients::CachePolicy,
     pub timeout: Duration,
     pub entitlements_from: EntitlementsFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// `[log]`: diagnostics and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Diagnostic log filter (`RUST_LOG` wins when set).
+    pub level: String,
+    pub format: LogFormat,
+    pub audit: AuditTarget,
 }

@@ -20,6 +20,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub catalogs: std::collections::BTreeMap<String, RawCatalog>,
     pub clients: Option<RawClients>,
+    pub log: Option<RawLog>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+    pub audit: Option<String>,
 }
 
 /// `[clients]`: metadata of the calling API client.
@@ -90,6 +100,7 @@ pub struct RawServer {
     pub max_headers: Option<i64>,
     pub header_timeout_ms: Option<i64>,
     pub body_timeout_ms: Option<i64>,
+    pub shutdown_timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "catalogs",
     "clients",
+    "log",
 ];
 
 /// Where errors accumulate while validating.
@@ -80,6 +81,8 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let raw_catalogs: BTreeMap<String, RawCatalog> =
         section(&table, "catalogs", &mut errs).unwrap_or_default();
     let raw_clients: Option<RawClients> = section(&table, "clients", &mut errs);
+    let raw_log: RawLog = section(&table, "log", &mut errs).unwrap_or_default();
+    let log = log_settings(raw_log, &base_dir, &mut errs);
 
     let server = server_settings(raw_server, &base_dir, &mut errs);
     let admin = admin_settings(raw_admin, &mut errs);
@@ -192,6 +195,8 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             route_table,
             catalogs,
             clients,
+            log,
+            hash: config_hash(text),
         },
         warnings,
     })
@@ -309,7 +314,15 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         errs,
     );
     let body_timeout = millis(raw.body_timeout_ms, 30_000, "server.body_timeout_ms", errs);
+    let shutdown_timeout = Duration::from_secs(positive(
+        raw.shutdown_timeout_seconds,
+        30,
+        3600,
+        "server.shutdown_timeout_seconds",
+        errs,
+    ) as u64);
     ServerSettings {
+        shutdown_timeout,
         listen,
         tls,
         threads,
@@ -668,6 +681,49 @@ fn upstream_config(
         auth,
         catalog: raw.catalog,
     })
+}
+
+// === [log] ===
+
+fn log_settings(raw: RawLog, base_dir: &Path, errs: &mut Errors) -> LogSettings {
+    let level = raw.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        errs.push(
+            "log.level",
+            format!("{level:?} is not a log filter (e.g. \"info\", \"portcullis=debug\")"),
+        );
+    }
+    let format = match raw.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            errs.push(
+                "log.format",
+                format!("{other:?} is not \"json\" or \"text\""),
+            );
+            LogFormat::Json
+        }
+    };
+    let audit = match raw.audit.as_deref() {
+        None | Some("stdout") => AuditTarget::Stdout,
+        Some("off") => AuditTarget::Off,
+        Some("") => {
+            errs.push("log.audit", "must be \"stdout\", \"off\" or a file path");
+            AuditTarget::Off
+        }
+        Some(path) => AuditTarget::File(base_dir.join(path)),
+    };
+    LogSettings {
+        level,
+        format,
+        audit,
+    }
+}
+
+fn config_hash(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 // === [clients] ===

@@ -13,7 +13,7 @@
 //! upstream_request_filter  8. header hygiene and identity headers              (proxy::headers)
 //! response_filter             X-Request-Id on every response
 //! fail_to_proxy               upstream errors → 502 / 504 through the responder
-//! logging                     one line per request
+//! logging                  9. invalidation after a write, metrics, one audit line
 //! ```
 //! Nothing after a refusal runs, and a refused request never reaches
 //! `upstream_peer`, so it never opens an upstream connection.
@@ -35,7 +35,9 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::audit::{self, AuditLog, AuditRecord};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, RequestRecord};
 use crate::pipeline::{self, NoTrace, RequestHead};
 use crate::policy::ip::canonical;
 use ctx::RequestCtx;
@@ -44,11 +46,21 @@ use state::GatewayState;
 /// The gateway service: holds the live state, swapped whole on reload.
 pub struct Gateway {
     state: Arc<ArcSwap<GatewayState>>,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
 }
 
 impl Gateway {
-    pub fn new(state: Arc<ArcSwap<GatewayState>>) -> Gateway {
-        Gateway { state }
+    pub fn new(
+        state: Arc<ArcSwap<GatewayState>>,
+        metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
+    ) -> Gateway {
+        Gateway {
+            state,
+            metrics,
+            audit,
+        }
     }
 
     /// Steps 1–7: decide whether this request may go upstream.
@@ -372,19 +384,38 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .zip(ctx.progress.route)
             .map(|(s, r)| s.config.routes[r].name.as_str())
-            .unwrap_or("-");
-        let reason = ctx.refusal.as_ref().map(GatewayError::code).unwrap_or("-");
-        tracing::info!(
-            target: "portcullis::access",
-            request_id = %ctx.request_id,
+            .unwrap_or("none");
+        let reason = ctx.refusal.as_ref().map(GatewayError::code);
+        let req = session.req_header();
+        let method = req.method.as_str();
+        let duration = ctx.started.elapsed().as_secs_f64();
+        let upstream = ctx.upstream_started.map(|t| t.elapsed().as_secs_f64());
+        self.metrics.record(&RequestRecord {
             route,
-            method = %session.req_header().method,
+            method,
             status,
-            decision = if ctx.refusal.is_some() { "refuse" } else { "allow" },
+            refusal: reason,
+            duration_seconds: duration,
+            upstream_seconds: upstream,
+        });
+        self.audit.write(&AuditRecord {
+            time: audit::rfc3339(SystemTime::now()),
+            request_id: &ctx.request_id,
+            route,
+            method,
+            path: req.uri.path(),
+            client_id: ctx.progress.client_id.as_deref(),
+            subject: ctx.progress.subject.as_deref(),
+            client_ip: ctx.progress.client_ip.map(|i| i.to_string()),
+            decision: if ctx.refusal.is_some() {
+                "refuse"
+            } else {
+                "allow"
+            },
             reason,
-            client_id = ctx.progress.client_id.as_deref().unwrap_or("-"),
-            client_ip = %ctx.progress.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-        );
+            status,
+            duration_ms: duration * 1000.0,
+            upstream_latency_ms: upstream.map(|s| s * 1000.0),
+        });
     }
 }

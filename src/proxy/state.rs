@@ -21,12 +21,22 @@ pub struct GatewayState {
 
 impl GatewayState {
     pub fn new(config: Arc<Config>, verifier: Arc<Verifier>) -> GatewayState {
+        GatewayState::with_clients(config, verifier, None)
+    }
+
+    /// Like [`new`](Self::new), reusing `clients` (a reload whose `[clients]`
+    /// did not change keeps its cache); a new directory is built otherwise.
+    pub fn with_clients(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        clients: Option<Arc<ClientDirectory>>,
+    ) -> GatewayState {
         let cursors = config
             .upstreams
             .iter()
             .map(|_| AtomicUsize::new(0))
             .collect();
-        let clients = config.clients.as_ref().map(|c| Arc::new(directory(c)));
+        let clients = clients.or_else(|| config.clients.as_ref().map(|c| Arc::new(directory(c))));
         GatewayState {
             config,
             verifier,

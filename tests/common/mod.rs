@@ -1281,8 +1281,16 @@ impl ConfigBuilder {
     }
 
     pub fn build(&self) -> String {
+        // Keep test output readable: no audit lines on stdout unless a test
+        // configures its own [log]. (Written first: the raw sections that
+        // follow [admin] may continue that table.)
+        let log = if self.sections.iter().any(|s| s.contains("[log]")) {
+            ""
+        } else {
+            "[log]\naudit = \"off\"\n\n"
+        };
         let mut out = format!(
-            "[server]\nlisten = [\"127.0.0.1:{}\"]\nthreads = 1\n",
+            "{log}[server]\nlisten = [\"127.0.0.1:{}\"]\nthreads = 1\n",
             self.proxy_port
         );
         for l in &self.server_lines {

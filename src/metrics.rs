@@ -1,0 +1,348 @@
+//! The gateway's Prometheus metrics, in a registry of its own.
+//!
+//! Request metrics are recorded as requests finish. Key-set and client-cache
+//! metrics are read from the live state when `/metrics` is scraped: their
+//! sources keep plain atomic counters, and the difference since the last
+//! scrape is added here, so a reload that replaces a source never makes a
+//! counter go backwards. Label values are bounded: route names from the
+//! config, issuer names, error codes — never paths or client ids.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::proxy::state::GatewayState;
+
+/// Latency buckets in seconds: a gateway's answers are sub-millisecond, an
+/// upstream's up to its read timeout.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    refusals: IntCounterVec,
+    jwks_refreshes: IntCounterVec,
+    jwks_age: prometheus::GaugeVec,
+    jwks_keys: IntGaugeVec,
+    issuer_ready: IntGaugeVec,
+    cache_requests: IntCounterVec,
+    cache_loads: IntCounterVec,
+    cache_stale: IntCounter,
+    cache_entries: IntGauge,
+    reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    /// Raw source counters as seen at the previous scrape, by series.
+    last_seen: Mutex<HashMap<String, u64>>,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// One finished request, as the metrics see it.
+pub struct RequestRecord<'a> {
+    pub route: &'a str,
+    pub method: &'a str,
+    pub status: u16,
+    /// The refusal code when the gateway refused.
+    pub refusal: Option<&'a str>,
+    pub duration_seconds: f64,
+    pub upstream_seconds: Option<f64>,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let m = Metrics {
+            requests: counter_vec(
+                &r,
+                "portcullis_requests_total",
+                "Requests by route, method, status class and decision.",
+                &["route", "method", "status_class", "decision"],
+            )?,
+            request_duration: histogram_vec(
+                &r,
+                "portcullis_request_duration_seconds",
+                "Time from request head to the end of the response.",
+                &["route"],
+            )?,
+            upstream_duration: histogram_vec(
+                &r,
+                "portcullis_upstream_duration_seconds",
+                "Time from choosing the upstream to the end of the response.",
+                &["route"],
+            )?,
+            refusals: counter_vec(
+                &r,
+                "portcullis_refusals_total",
+                "Requests the gateway refused, by route and reason (error code).",
+                &["route", "reason"],
+            )?,
+            jwks_refreshes: counter_vec(
+                &r,
+                "portcullis_jwks_refreshes_total",
+                "JWKS fetches per issuer by result.",
+                &["issuer", "result"],
+            )?,
+            jwks_age: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "portcullis_jwks_age_seconds",
+                        "Seconds since the issuer's key set was last loaded successfully.",
+                    ),
+                    &["issuer"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            jwks_keys: gauge_vec(
+                &r,
+                "portcullis_jwks_keys",
+                "Usable verification keys per issuer.",
+                &["issuer"],
+            )?,
+            issuer_ready: gauge_vec(
+                &r,
+                "portcullis_issuer_ready",
+                "1 when the issuer has a key set, else 0.",
+                &["issuer"],
+            )?,
+            cache_requests: counter_vec(
+                &r,
+                "portcullis_client_cache_requests_total",
+                "Client metadata lookups by cache result.",
+                &["result"],
+            )?,
+            cache_loads: counter_vec(
+                &r,
+                "portcullis_client_cache_loads_total",
+                "Client metadata loads from the source by result.",
+                &["result"],
+            )?,
+            cache_stale: {
+                let c = IntCounter::new(
+                    "portcullis_client_cache_stale_serves_total",
+                    "Expired client metadata served because the source failed.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            cache_entries: {
+                let g = IntGauge::new(
+                    "portcullis_client_cache_entries",
+                    "Client metadata entries in the cache.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            reloads: counter_vec(
+                &r,
+                "portcullis_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            )?,
+            config_info: gauge_vec(
+                &r,
+                "portcullis_config_info",
+                "The loaded configuration (hash of the file), always 1.",
+                &["hash"],
+            )?,
+            last_seen: Mutex::new(HashMap::new()),
+            registry: {
+                let build = gauge_vec(
+                    &r,
+                    "portcullis_build_info",
+                    "Build of the running gateway, always 1.",
+                    &["version"],
+                )?;
+                build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                r
+            },
+        };
+        Ok(m)
+    }
+
+    /// Count one finished request.
+    pub fn record(&self, r: &RequestRecord<'_>) {
+        let class = match r.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        let decision = if r.refusal.is_some() {
+            "refuse"
+        } else {
+            "allow"
+        };
+        self.requests
+            .with_label_values(&[r.route, method_label(r.method), class, decision])
+            .inc();
+        self.request_duration
+            .with_label_values(&[r.route])
+            .observe(r.duration_seconds);
+        if let Some(up) = r.upstream_seconds {
+            self.upstream_duration
+                .with_label_values(&[r.route])
+                .observe(up);
+        }
+        if let Some(reason) = r.refusal {
+            self.refusals.with_label_values(&[r.route, reason]).inc();
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Mark `hash` as the loaded configuration.
+    pub fn set_config(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// Add what a source counter gained since the last scrape.
+    fn advance(&self, key: String, raw: u64, counter: &IntCounter) {
+        let Ok(mut seen) = self.last_seen.lock() else {
+            return;
+        };
+        let last = seen.insert(key, raw).unwrap_or(0);
+        // A replaced source starts again from zero: count all it has.
+        let gained = if raw >= last { raw - last } else { raw };
+        counter.inc_by(gained);
+    }
+
+    /// Read key-set and cache state from the live gateway.
+    fn observe_state(&self, state: &GatewayState) {
+        let now = SystemTime::now();
+        for (i, issuer) in state.config.issuers.iter().enumerate() {
+            let name = issuer.name.as_str();
+            let Some(keys) = state.verifier.issuer_keys(i) else {
+                continue;
+            };
+            let (ok, failed) = keys.refresh_counts();
+            self.advance(
+                format!("jwks_ok/{name}"),
+                ok,
+                &self.jwks_refreshes.with_label_values(&[name, "success"]),
+            );
+            self.advance(
+                format!("jwks_failed/{name}"),
+                failed,
+                &self.jwks_refreshes.with_label_values(&[name, "failure"]),
+            );
+            let set = keys.current();
+            self.jwks_keys
+                .with_label_values(&[name])
+                .set(set.as_ref().map_or(0, |s| s.len() as i64));
+            self.issuer_ready
+                .with_label_values(&[name])
+                .set(i64::from(set.is_some()));
+            if let Some(age) = keys.last_success().and_then(|t| now.duration_since(t).ok()) {
+                self.jwks_age
+                    .with_label_values(&[name])
+                    .set(age.as_secs_f64());
+            }
+        }
+        if let Some(dir) = &state.clients {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &dir.stats;
+            for (key, raw, counter) in [
+                (
+                    "hit",
+                    s.hits.load(Relaxed),
+                    self.cache_requests.with_label_values(&["hit"]),
+                ),
+                (
+                    "miss",
+                    s.misses.load(Relaxed),
+                    self.cache_requests.with_label_values(&["miss"]),
+                ),
+                (
+                    "load_ok",
+                    s.loads
+                        .load(Relaxed)
+                        .saturating_sub(s.load_errors.load(Relaxed)),
+                    self.cache_loads.with_label_values(&["success"]),
+                ),
+                (
+                    "load_error",
+                    s.load_errors.load(Relaxed),
+                    self.cache_loads.with_label_values(&["error"]),
+                ),
+                (
+                    "stale",
+                    s.stale_serves.load(Relaxed),
+                    self.cache_stale.clone(),
+                ),
+            ] {
+                self.advance(format!("cache/{key}"), raw, &counter);
+            }
+            self.cache_entries.set(dir.entry_count() as i64);
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, state: &GatewayState) -> Vec<u8> {
+        self.observe_state(state);
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Methods outside the usual set share one label value (bounded cardinality).
+fn method_label(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+        _ => "other",
+    }
+}
