@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test lint unit demo build release clean
+.PHONY: deps test-deps test lint demo build release clean
 
 # System packages the build needs. Idempotent: installs only what is missing.
 deps:
@@ -12,6 +12,13 @@ deps:
 		echo "installing cmake (needed to build pingora's dependencies)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake; }
 	@command -v cc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq build-essential; }
+
+# promtool validates the /metrics exposition in the test suite (Debian package `prometheus`).
+test-deps: deps
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing promtool (Debian package prometheus)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus || \
+		echo "promtool could not be installed: the metrics exposition test will say it skipped"; }
 
 build: deps
 	$(CARGO) build --all-targets
@@ -25,7 +32,7 @@ lint: deps
 
 # The whole suite: formatting, lints, unit tests, integration tests through real
 # sockets (loopback only), and the shipped configs validated.
-test: lint
+test: test-deps lint
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 

@@ -31,6 +31,59 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the gateway and a demo IAM service, and print curl commands to try.
+    Demo {
+        /// Gateway (proxy) port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port on 127.0.0.1 (/healthz, /readyz, /metrics).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// Demo IAM service port on 127.0.0.1.
+        #[arg(long, default_value_t = 8081)]
+        iam_port: u16,
+    },
+    /// Print a signed JWT (for tests and demos): exit 64 on a bad argument or key file.
+    Token {
+        /// Private key: PEM (PKCS#8, SEC 1 or PKCS#1) or a private JWK.
+        #[arg(long)]
+        key: PathBuf,
+        /// Signing algorithm (default: the key's JWK `alg`, else ES256 / ES384 / RS256 / EdDSA by key type).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Key id (default: the key's JWK `kid`, the `kid` in a jwks.json beside the key, else its RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long)]
+        iss: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Comma-separated: the `entitlements` claim (an array).
+        #[arg(long)]
+        entitlements: Option<String>,
+        /// Audience; repeat for several.
+        #[arg(long)]
+        aud: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+        /// More claims: NAME=string or NAME:=json; repeatable.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+    },
+    /// Generate a signing key pair: DIR/private.pem (0600), DIR/public.pem, DIR/jwks.json.
+    Keygen {
+        /// ES256, ES384, RS256 (RS384, RS512), PS256 (PS384, PS512) or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id (default: the key's RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,11 +115,89 @@ fn main() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", config.display());
             }
-            match portcullis::server::run_forever(loaded.config) {
+            match portcullis::server::run_forever(loaded.config, false) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Demo {
+            port,
+            admin_port,
+            iam_port,
+        } => {
+            let options = portcullis::demo::DemoOptions {
+                port,
+                admin_port,
+                iam_port,
+            };
+            match portcullis::demo::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis demo: {e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
+        Command::Token {
+            key,
+            alg,
+            kid,
+            iss,
+            sub,
+            client_id,
+            entitlements,
+            aud,
+            ttl,
+            claims,
+        } => {
+            let extra: Result<Vec<_>, _> = claims
+                .iter()
+                .map(|c| portcullis::mint::parse_claim(c))
+                .collect();
+            let minted = extra.and_then(|extra| {
+                let claims = portcullis::mint::TokenClaims {
+                    iss,
+                    sub,
+                    client_id,
+                    entitlements: entitlements
+                        .as_deref()
+                        .map(portcullis::mint::parse_entitlements),
+                    audiences: aud,
+                    ttl_seconds: ttl,
+                    extra,
+                };
+                portcullis::mint::token(&key, alg.as_deref(), kid.as_deref(), &claims)
+            });
+            match minted {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis token: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Keygen { alg, out, kid } => {
+            match portcullis::mint::keygen(&alg, &out, kid.as_deref()) {
+                Ok((key, files)) => {
+                    println!(
+                        "{} key, kid {}:",
+                        portcullis::mint::alg_name(key.alg()),
+                        key.kid()
+                    );
+                    for path in [&files.private_pem, &files.public_pem, &files.jwks] {
+                        println!("  {}", path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis keygen: {e}");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -41,6 +41,8 @@ pub struct Metrics {
     cache_entries: IntGauge,
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
+    token_cache_entries: IntGauge,
+    signature_checks: IntCounter,
     /// Raw source counters as seen at the previous scrape, by series.
     last_seen: Mutex<HashMap<String, u64>>,
 }
@@ -189,6 +191,22 @@ impl Metrics {
                 "The loaded configuration (hash of the file), always 1.",
                 &["hash"],
             )?,
+            token_cache_entries: {
+                let g = IntGauge::new(
+                    "portcullis_token_cache_entries",
+                    "Verified tokens in the token cache (approximate).",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            signature_checks: {
+                let c = IntCounter::new(
+                    "portcullis_token_signature_checks_total",
+                    "Token signatures verified (cache misses).",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             last_seen: Mutex::new(HashMap::new()),
             registry: {
                 let build = gauge_vec(
@@ -290,6 +308,13 @@ impl Metrics {
                     .set(age.as_secs_f64());
             }
         }
+        self.token_cache_entries
+            .set(state.verifier.cached_tokens() as i64);
+        self.advance(
+            "signature_checks".to_string(),
+            state.verifier.signature_checks(),
+            &self.signature_checks,
+        );
         if let Some(dir) = &state.clients {
             use std::sync::atomic::Ordering::Relaxed;
             let s = &dir.stats;

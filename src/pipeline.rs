@@ -254,12 +254,13 @@ pub async fn admit_head<T: Trace>(
         .as_ref()
         .map_or(EntitlementsFrom::Token, |c| c.entitlements_from);
     progress.entitlements = match (&meta, from) {
-        (None, _) | (Some(_), EntitlementsFrom::Token) => verified.entitlements,
+        (None, _) | (Some(_), EntitlementsFrom::Token) => verified.entitlements.clone(),
         (Some(m), EntitlementsFrom::Metadata) => m.entitlements.clone(),
         (Some(m), EntitlementsFrom::Both) => verified
             .entitlements
-            .into_iter()
+            .iter()
             .filter(|e| m.entitlements.contains(e))
+            .cloned()
             .collect(),
     };
     route.entitlements.check(&progress.entitlements)?;

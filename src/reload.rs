@@ -91,7 +91,7 @@ impl Reloader {
             }
         }
         let config = Arc::new(config);
-        let verifier = Verifier::new(&config.issuers);
+        let verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
         verifier.inherit_keys(&old.verifier);
         let clients = match (&old.config.clients, &config.clients, &old.clients) {
             (Some(a), Some(b), Some(dir)) if a == b => Some(dir.clone()),

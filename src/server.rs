@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
@@ -85,8 +85,18 @@ impl BackgroundService for SignalReload {
 
 /// Build the pingora server for `config` (does not start it).
 pub fn assemble(config: Config) -> Result<Assembled, String> {
+    assemble_with(config, false)
+}
+
+/// Like [`assemble`]; with `upgrade`, take over the listening sockets of a
+/// running instance through `server.upgrade_sock` (pingora's zero-downtime
+/// upgrade: the old process hands them over on SIGQUIT).
+pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String> {
     let config = Arc::new(config);
-    let verifier = Arc::new(Verifier::new(&config.issuers));
+    let verifier = Arc::new(Verifier::with_cache(
+        &config.issuers,
+        config.server.token_cache,
+    ));
     let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(
         config.clone(),
         verifier,
@@ -108,9 +118,15 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
         threads: config.server.threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        pid_file: config.server.pid_file.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut proxy = http_proxy_service_with_name(
@@ -248,12 +264,12 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
 
 /// Run the gateway in the foreground until a signal stops it (SIGTERM
 /// graceful, SIGINT fast, SIGQUIT graceful upgrade).
-pub fn run_forever(config: Config) -> Result<(), String> {
+pub fn run_forever(config: Config, upgrade: bool) -> Result<(), String> {
     let Assembled {
         mut server,
         reloader,
         ..
-    } = assemble(config)?;
+    } = assemble_with(config, upgrade)?;
     server.add_service(background_service(
         "config reload",
         SignalReload { reloader },

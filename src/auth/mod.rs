@@ -10,7 +10,9 @@
 //! * [`jwks`] refreshes the keys of `jwks_url` issuers in the background and
 //!   refetches, throttled and single-flight, when a token names an unknown
 //!   `kid`; the last good set survives a failing or empty answer;
-//! * [`strict_json`] is the JSON object parser that refuses duplicate names.
+//! * [`strict_json`] is the JSON object parser that refuses duplicate names;
+//! * [`token_cache`] remembers verified tokens (by digest) so a signature is
+//!   checked once per cache lifetime.
 //!
 //! Nothing here knows about pingora. Errors are [`crate::error::GatewayError`]s
 //! whose messages never contain a token, key or secret.
@@ -19,6 +21,7 @@ pub mod bearer;
 pub mod jwks;
 pub mod keys;
 pub mod strict_json;
+pub mod token_cache;
 pub mod verifier;
 
 #[cfg(test)]
@@ -27,4 +30,5 @@ mod tests;
 pub use bearer::bearer_token;
 pub use jwks::{JwksRefresher, RefetchOutcome};
 pub use keys::{IssuerKeys, KeySet};
+pub use token_cache::TokenCacheSettings;
 pub use verifier::{entitlements_from_claims, VerifiedToken, Verifier};

@@ -167,7 +167,7 @@ fn verifier(issuers: Vec<IssuerConfig>) -> Verifier {
 }
 
 async fn verify(v: &Verifier, token: &str) -> Result<VerifiedToken, GatewayError> {
-    v.verify(token, &[0, 1, 2, 3], NOW).await
+    v.verify_uncached(token, &[0, 1, 2, 3], NOW).await
 }
 
 #[track_caller]
@@ -285,7 +285,7 @@ fn futures_are_send() {
     fn send<T: Send + 'static>(_: &T) {}
     fn send_ref<T: Send>(_: &T) {}
     let v = verifier(vec![rsa_issuer()]);
-    send_ref(&v.verify("a.b.c", &[0], NOW));
+    send_ref(&v.verify_uncached("a.b.c", &[0], NOW));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     send_ref(&v.run_refreshers(shutdown));
     let url = issuer(
@@ -787,9 +787,15 @@ async fn issuer_selection() {
     other.issuer = "https://other.example.test".into();
     let v = verifier(vec![rsa_issuer(), other]);
     let t = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
-    assert_eq!(v.verify(&t, &[0], NOW).await.unwrap().issuer, 0);
-    refused(v.verify(&t, &[1], NOW).await, TokenFault::IssuerNotAccepted);
-    refused(v.verify(&t, &[], NOW).await, TokenFault::IssuerNotAccepted);
+    assert_eq!(v.verify_uncached(&t, &[0], NOW).await.unwrap().issuer, 0);
+    refused(
+        v.verify_uncached(&t, &[1], NOW).await,
+        TokenFault::IssuerNotAccepted,
+    );
+    refused(
+        v.verify_uncached(&t, &[], NOW).await,
+        TokenFault::IssuerNotAccepted,
+    );
 
     for iss in [
         json!("https://unknown.example.test"),
@@ -823,15 +829,21 @@ async fn two_entries_for_one_issuer_are_chosen_by_algorithm() {
     let v = verifier(vec![ec, rsa_issuer()]);
     let rs = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
     let es = mint(Algorithm::ES256, Some("e1"), &claims(), &ec256());
-    assert_eq!(v.verify(&rs, &[0, 1], NOW).await.unwrap().issuer, 1);
-    assert_eq!(v.verify(&es, &[0, 1], NOW).await.unwrap().issuer, 0);
+    assert_eq!(
+        v.verify_uncached(&rs, &[0, 1], NOW).await.unwrap().issuer,
+        1
+    );
+    assert_eq!(
+        v.verify_uncached(&es, &[0, 1], NOW).await.unwrap().issuer,
+        0
+    );
     refused(
-        v.verify(&rs, &[0], NOW).await,
+        v.verify_uncached(&rs, &[0], NOW).await,
         TokenFault::AlgorithmNotAllowed,
     );
     let ps = mint(Algorithm::PS256, Some("k1"), &claims(), &rsa());
     refused(
-        v.verify(&ps, &[0, 1], NOW).await,
+        v.verify_uncached(&ps, &[0, 1], NOW).await,
         TokenFault::AlgorithmNotAllowed,
     );
 }
@@ -900,7 +912,7 @@ async fn unloaded_keys_answer_keys_unavailable() {
     assert!(v.issuer_keys(2).is_none());
     let t = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
     assert_eq!(
-        v.verify(&t, &[0], NOW).await,
+        v.verify_uncached(&t, &[0], NOW).await,
         Err(GatewayError::KeysUnavailable)
     );
     let t = mint(
@@ -910,7 +922,7 @@ async fn unloaded_keys_answer_keys_unavailable() {
         &rsa(),
     );
     assert_eq!(
-        v.verify(&t, &[1], NOW).await,
+        v.verify_uncached(&t, &[1], NOW).await,
         Err(GatewayError::KeysUnavailable)
     );
 }
@@ -1390,4 +1402,86 @@ mod http {
         stop.send(true).unwrap();
         bounded(task).await.unwrap();
     }
+}
+
+// === the verified-token cache ===
+
+fn cached(issuers: Vec<IssuerConfig>) -> Verifier {
+    let issuers: Vec<_> = issuers.into_iter().map(Arc::new).collect();
+    Verifier::with_cache(&issuers, crate::auth::TokenCacheSettings::default())
+}
+
+#[tokio::test]
+async fn a_cached_token_skips_the_signature_but_not_the_rules() {
+    let v = cached(vec![rsa_issuer()]);
+    let t = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
+    let first = v.verify(&t, &[0], NOW).await.unwrap();
+    let second = v.verify(&t, &[0], NOW + 1).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "second answer came from the cache"
+    );
+    assert_eq!(v.signature_checks(), 1);
+    assert_eq!(v.cached_tokens_blocking(), 1);
+
+    // The route's accepted issuers still apply to a cached token.
+    match v.verify(&t, &[1], NOW).await {
+        Err(GatewayError::InvalidToken(TokenFault::IssuerNotAccepted)) => {}
+        other => panic!("expected IssuerNotAccepted, got {other:?}"),
+    }
+    // A tampered copy is a different digest: verified, and refused.
+    let mut tampered = t.clone();
+    tampered.pop();
+    tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
+    assert!(v.verify(&tampered, &[0], NOW).await.is_err());
+}
+
+#[tokio::test]
+async fn a_cached_token_expires_with_its_exp() {
+    let v = cached(vec![rsa_issuer()]);
+    let t = mint(
+        Algorithm::RS256,
+        Some("k1"),
+        &claims_with(json!({"exp": NOW + 100})),
+        &rsa(),
+    );
+    v.verify(&t, &[0], NOW).await.unwrap();
+    // Within exp + leeway (30 s) it is still good, past it refused.
+    v.verify(&t, &[0], NOW + 125).await.unwrap();
+    match v.verify(&t, &[0], NOW + 131).await {
+        Err(GatewayError::InvalidToken(TokenFault::Expired)) => {}
+        other => panic!("expected Expired, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_key_rotated_out_stops_cached_tokens_at_the_refresh() {
+    let v = cached(vec![rsa_issuer()]);
+    let t = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
+    v.verify(&t, &[0], NOW).await.unwrap();
+    // The issuer's key set now only holds another key.
+    let rotated = jwks(&[jwk(&rsa_b(), Algorithm::RS256, Some("k2"))]).to_string();
+    let set = KeySet::from_jwks_json(rotated.as_bytes()).unwrap();
+    assert!(v.issuer_keys(0).unwrap().install(set));
+    match v.verify(&t, &[0], NOW).await {
+        Err(GatewayError::InvalidToken(TokenFault::UnknownKey)) => {}
+        other => panic!("expected UnknownKey, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn with_the_cache_off_every_request_checks_the_signature() {
+    let issuers = vec![Arc::new(rsa_issuer())];
+    let v = Verifier::with_cache(
+        &issuers,
+        crate::auth::TokenCacheSettings {
+            max_entries: 0,
+            max_ttl: Duration::from_secs(300),
+        },
+    );
+    let t = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
+    for _ in 0..3 {
+        v.verify(&t, &[0], NOW).await.unwrap();
+    }
+    assert_eq!(v.signature_checks(), 3);
 }

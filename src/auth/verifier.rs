@@ -26,10 +26,13 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::bearer::MAX_TOKEN_BYTES;
 use super::jwks::{JwksRefresher, RefetchOutcome, REFETCH_WAIT};
 use super::keys::{algorithm_from_name, is_hmac, IssuerKeys, KeySet};
 use super::strict_json::{self, StrictJsonError};
+use super::token_cache::{CachedToken, TokenCache, TokenCacheSettings};
 use crate::config::model::{IssuerConfig, KeySource};
 use crate::error::{GatewayError, TokenFault};
 
@@ -59,6 +62,10 @@ pub struct Verifier {
     issuers: Vec<IssuerEntry>,
     /// How long a request waits for an unknown-`kid` refetch.
     refetch_wait: Duration,
+    /// Verified tokens by digest (None when turned off).
+    cache: Option<TokenCache>,
+    /// Signatures checked (the work the cache saves), for metrics and tests.
+    signature_checks: AtomicU64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -79,6 +86,11 @@ impl Verifier {
     /// answer [`GatewayError::KeysUnavailable`]) until their refresher's
     /// first successful fetch — see [`Verifier::refreshers`].
     pub fn new(issuers: &[Arc<IssuerConfig>]) -> Verifier {
+        Verifier::with_cache(issuers, TokenCacheSettings::default())
+    }
+
+    /// Like [`new`](Self::new) with explicit token-cache settings.
+    pub fn with_cache(issuers: &[Arc<IssuerConfig>], cache: TokenCacheSettings) -> Verifier {
         let issuers = issuers
             .iter()
             .map(|config| {
@@ -122,7 +134,27 @@ impl Verifier {
         Verifier {
             issuers,
             refetch_wait: REFETCH_WAIT,
+            cache: TokenCache::new(cache),
+            signature_checks: AtomicU64::new(0),
         }
+    }
+
+    /// How many signatures this verifier has checked.
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// Verified tokens currently cached (moka counts lazily: approximate).
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.as_ref().map_or(0, TokenCache::entry_count)
+    }
+
+    /// Exact count after pending cache work is applied (tests, metrics).
+    pub fn cached_tokens_blocking(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| {
+            c.sync();
+            c.entry_count()
+        })
     }
 
     /// On a config reload: lets `jwks_url` issuers that have no keys yet use
@@ -192,6 +224,58 @@ impl Verifier {
         token: &str,
         accepted: &[usize],
         now: u64,
+    ) -> Result<Arc<VerifiedToken>, GatewayError> {
+        let Some(cache) = &self.cache else {
+            return self
+                .verify_uncached(token, accepted, now)
+                .await
+                .map(Arc::new);
+        };
+        let digest = TokenCache::digest(token);
+        if let Some(hit) = cache.get(&digest) {
+            if self.hit_still_valid(&hit, accepted, now) {
+                return Ok(hit.token.clone());
+            }
+        }
+        // Miss, or a hit that no longer applies: verify in full (which also
+        // produces the precise refusal) and remember the result.
+        let verified = Arc::new(self.verify_uncached(token, accepted, now).await?);
+        if let Some(entry) = self.issuers.get(verified.issuer) {
+            if let Some(set) = entry.keys.current() {
+                let valid_until = verified
+                    .expires_at
+                    .saturating_add(entry.config.leeway_seconds);
+                cache.insert(
+                    digest,
+                    verified.clone(),
+                    set.fingerprint(),
+                    valid_until,
+                    now,
+                );
+            }
+        }
+        Ok(verified)
+    }
+
+    /// A cached verification still holds when the route accepts its issuer,
+    /// the token has not expired, and the issuer's key set is the one that
+    /// verified it (a rotated-out key stops being accepted at once).
+    fn hit_still_valid(&self, hit: &CachedToken, accepted: &[usize], now: u64) -> bool {
+        now <= hit.valid_until
+            && accepted.contains(&hit.token.issuer)
+            && self
+                .issuers
+                .get(hit.token.issuer)
+                .and_then(|e| e.keys.current())
+                .is_some_and(|set| set.fingerprint() == hit.key_set)
+    }
+
+    /// Full verification, without the cache.
+    pub async fn verify_uncached(
+        &self,
+        token: &str,
+        accepted: &[usize],
+        now: u64,
     ) -> Result<VerifiedToken, GatewayError> {
         let parts = TokenParts::split(token)?;
         let mut decoded = Vec::with_capacity((parts.header.len() + parts.claims.len()) * 3 / 4 + 2);
@@ -228,6 +312,7 @@ impl Verifier {
             .ok_or(fault(TokenFault::UnknownKey))?;
 
         // 6: the signature.
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let signed = &token.as_bytes()[..parts.header.len() + 1 + parts.claims.len()];
         match jsonwebtoken::crypto::verify(parts.signature, signed, key, head.alg) {
             Ok(true) => {}

@@ -49,6 +49,11 @@ pub struct ServerSettings {
     pub body_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// The verified-token cache.
+    pub token_cache: crate::auth::TokenCacheSettings,
+    /// Unix socket over which a new binary takes the listeners (`run --upgrade`).
+    pub upgrade_sock: PathBuf,
+    pub pid_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]

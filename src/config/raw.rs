@@ -101,6 +101,10 @@ pub struct RawServer {
     pub header_timeout_ms: Option<i64>,
     pub body_timeout_ms: Option<i64>,
     pub shutdown_timeout_seconds: Option<i64>,
+    pub token_cache_entries: Option<i64>,
+    pub token_cache_max_seconds: Option<i64>,
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

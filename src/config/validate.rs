@@ -321,8 +321,35 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         "server.shutdown_timeout_seconds",
         errs,
     ) as u64);
+    let upgrade_sock = raw
+        .upgrade_sock
+        .map(|p| base_dir.join(p))
+        .unwrap_or_else(|| PathBuf::from("/tmp/portcullis_upgrade.sock"));
+    let pid_file = raw
+        .pid_file
+        .map(|p| base_dir.join(p))
+        .unwrap_or_else(|| PathBuf::from("/tmp/portcullis.pid"));
+    let token_cache = crate::auth::TokenCacheSettings {
+        max_entries: non_negative(
+            raw.token_cache_entries,
+            100_000,
+            10_000_000,
+            "server.token_cache_entries",
+            errs,
+        ) as u64,
+        max_ttl: Duration::from_secs(non_negative(
+            raw.token_cache_max_seconds,
+            300,
+            86_400,
+            "server.token_cache_max_seconds",
+            errs,
+        ) as u64),
+    };
     ServerSettings {
+        token_cache,
         shutdown_timeout,
+        upgrade_sock,
+        pid_file,
         listen,
         tls,
         threads,
