@@ -70,6 +70,11 @@ impl AuditLog {
         })
     }
 
+    /// Whether lines are written at all (callers skip building records otherwise).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn write(&self, record: &AuditRecord<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut line = match self.format {

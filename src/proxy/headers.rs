@@ -89,14 +89,20 @@ pub fn prepare(
         upstream.remove_header(*name);
     }
     // 3. Client-sent identity headers (every copy; HeaderMap names are lowercase).
-    let forged: Vec<HeaderName> = upstream
+    if upstream
         .headers
         .keys()
-        .filter(|n| n.as_str().starts_with("x-portcullis-"))
-        .cloned()
-        .collect();
-    for name in forged {
-        upstream.remove_header(&name);
+        .any(|n| n.as_str().starts_with("x-portcullis-"))
+    {
+        let forged: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-portcullis-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            upstream.remove_header(&name);
+        }
     }
     // 4. Forwarding headers: keep a trusted proxy's chain, replace anyone else's.
     let prior_chain = if f.peer_trusted {
@@ -104,11 +110,8 @@ pub fn prepare(
     } else {
         None
     };
-    let forwarded_host = downstream
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string);
+    // A HeaderValue clone shares the bytes: no copy.
+    let forwarded_host = downstream.headers.get(http::header::HOST).cloned();
     for name in FORWARDING {
         upstream.remove_header(*name);
     }
@@ -121,9 +124,7 @@ pub fn prepare(
     }
     upstream.insert_header("x-forwarded-proto", f.proto)?;
     if let Some(host) = forwarded_host {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            upstream.insert_header("x-forwarded-host", v)?;
-        }
+        upstream.insert_header("x-forwarded-host", host)?;
     }
     // 5. The gateway's own identity headers.
     upstream.insert_header(REQUEST_ID, f.request_id)?;

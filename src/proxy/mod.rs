@@ -41,7 +41,7 @@ use crate::metrics::{Metrics, RequestRecord};
 use crate::pipeline::{self, NoTrace, RequestHead};
 use crate::policy::ip::canonical;
 use ctx::RequestCtx;
-use state::GatewayState;
+use state::{GatewayState, PeerAddress};
 
 /// The gateway service: holds the live state, swapped whole on reload.
 pub struct Gateway {
@@ -224,7 +224,12 @@ impl ProxyHttp for Gateway {
             .next_address(route.upstream)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
         ctx.attempts += 1;
-        let mut peer = HttpPeer::new(address, upstream.tls, upstream.host.clone());
+        let mut peer = match address {
+            PeerAddress::Ip(ip) => HttpPeer::new(*ip, upstream.tls, upstream.host.clone()),
+            PeerAddress::Host(host) => {
+                HttpPeer::new(host.as_str(), upstream.tls, upstream.host.clone())
+            }
+        };
         peer.options.connection_timeout = Some(upstream.connect_timeout);
         peer.options.total_connection_timeout = Some(upstream.connect_timeout);
         peer.options.read_timeout = Some(route.read_timeout);
@@ -398,24 +403,26 @@ impl ProxyHttp for Gateway {
             duration_seconds: duration,
             upstream_seconds: upstream,
         });
-        self.audit.write(&AuditRecord {
-            time: audit::rfc3339(SystemTime::now()),
-            request_id: &ctx.request_id,
-            route,
-            method,
-            path: req.uri.path(),
-            client_id: ctx.progress.client_id.as_deref(),
-            subject: ctx.progress.subject.as_deref(),
-            client_ip: ctx.progress.client_ip.map(|i| i.to_string()),
-            decision: if ctx.refusal.is_some() {
-                "refuse"
-            } else {
-                "allow"
-            },
-            reason,
-            status,
-            duration_ms: duration * 1000.0,
-            upstream_latency_ms: upstream.map(|s| s * 1000.0),
-        });
+        if self.audit.enabled() {
+            self.audit.write(&AuditRecord {
+                time: audit::rfc3339(SystemTime::now()),
+                request_id: &ctx.request_id,
+                route,
+                method,
+                path: req.uri.path(),
+                client_id: ctx.progress.client_id.as_deref(),
+                subject: ctx.progress.subject.as_deref(),
+                client_ip: ctx.progress.client_ip.map(|i| i.to_string()),
+                decision: if ctx.refusal.is_some() {
+                    "refuse"
+                } else {
+                    "allow"
+                },
+                reason,
+                status,
+                duration_ms: duration * 1000.0,
+                upstream_latency_ms: upstream.map(|s| s * 1000.0),
+            });
+        }
     }
 }

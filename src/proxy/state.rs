@@ -17,6 +17,16 @@ pub struct GatewayState {
     pub clients: Option<Arc<ClientDirectory>>,
     /// Round-robin cursor per upstream (same index as `config.upstreams`).
     cursors: Vec<AtomicUsize>,
+    /// Upstream addresses, parsed once: IP literals need no per-request work.
+    addresses: Vec<Vec<PeerAddress>>,
+}
+
+/// One upstream address.
+#[derive(Debug, Clone)]
+pub enum PeerAddress {
+    Ip(std::net::SocketAddr),
+    /// `host:port`, resolved when connecting.
+    Host(String),
 }
 
 impl GatewayState {
@@ -37,23 +47,37 @@ impl GatewayState {
             .map(|_| AtomicUsize::new(0))
             .collect();
         let clients = clients.or_else(|| config.clients.as_ref().map(|c| Arc::new(directory(c))));
+        let addresses = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                u.addresses
+                    .iter()
+                    .map(|a| match a.parse() {
+                        Ok(ip) => PeerAddress::Ip(ip),
+                        Err(_) => PeerAddress::Host(a.clone()),
+                    })
+                    .collect()
+            })
+            .collect();
         GatewayState {
             config,
             verifier,
             clients,
             cursors,
+            addresses,
         }
     }
 
     /// Next address of upstream `index`, round-robin.
-    pub fn next_address(&self, index: usize) -> Option<&str> {
-        let upstream = self.config.upstreams.get(index)?;
-        let n = upstream.addresses.len();
+    pub fn next_address(&self, index: usize) -> Option<&PeerAddress> {
+        let addresses = self.addresses.get(index)?;
+        let n = addresses.len();
         if n == 0 {
             return None;
         }
         let i = self.cursors.get(index)?.fetch_add(1, Ordering::Relaxed) % n;
-        upstream.addresses.get(i).map(String::as_str)
+        addresses.get(i)
     }
 }
 
