@@ -25,7 +25,14 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Zero-downtime upgrade: take over the listening sockets of the running
+        /// instance (which hands them over when it receives SIGQUIT).
+        #[arg(long)]
+        upgrade: bool,
     },
+    /// Run the decision pipeline offline for one request and print every step:
+    /// exit 0 for allow, 1 for refuse, 64 for a bad config or arguments.
+    Explain(portcullis::explain::ExplainArgs),
     /// Validate a config file: exit 0, or print every error and exit 64.
     Check {
         #[arg(long, short)]
@@ -54,10 +61,13 @@ enum Command {
         /// Key id (default: the key's JWK `kid`, the `kid` in a jwks.json beside the key, else its RFC 7638 thumbprint).
         #[arg(long)]
         kid: Option<String>,
+        /// The `iss` claim (an issuer's exact `issuer` value).
         #[arg(long)]
         iss: String,
+        /// The `sub` claim.
         #[arg(long)]
         sub: String,
+        /// The `client_id` claim (the API client the gateway looks up).
         #[arg(long)]
         client_id: Option<String>,
         /// Comma-separated: the `entitlements` claim (an array).
@@ -78,6 +88,7 @@ enum Command {
         /// ES256, ES384, RS256 (RS384, RS512), PS256 (PS384, PS512) or EdDSA.
         #[arg(long, default_value = "ES256")]
         alg: String,
+        /// Directory to write the key files to (created, mode 0700, if missing).
         #[arg(long)]
         out: PathBuf,
         /// Key id (default: the key's RFC 7638 thumbprint).
@@ -87,8 +98,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; bad usage is EX_USAGE.
+            let code = if e.use_stderr() { EXIT_BAD_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     match cli.command {
+        Command::Explain(args) => ExitCode::from(portcullis::explain::run(args)),
         Command::Check { config } => match portcullis::config::load_file(&config) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
@@ -103,8 +123,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Run { config } => {
-            init_logging();
+        Command::Run { config, upgrade } => {
             let loaded = match portcullis::config::load_file(&config) {
                 Ok(l) => l,
                 Err(errors) => {
@@ -112,10 +131,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
+            init_logging(&loaded.config.log);
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", config.display());
             }
-            match portcullis::server::run_forever(loaded.config, false) {
+            match portcullis::server::run_forever(loaded.config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -204,8 +224,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(log: &portcullis::config::model::LogSettings) {
+    // RUST_LOG, when set, wins over `[log] level`.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log.format {
+        portcullis::config::model::LogFormat::Json => builder.json().init(),
+        portcullis::config::model::LogFormat::Text => builder.init(),
+    }
 }

@@ -1623,11 +1623,13 @@ id = "/uuid"
     let resp = env.get(READ, &token("c-far", &[]));
     cases.refused("filter allow 10/8", &resp, 403, "client_ip_denied", &env.up);
     let resp = env.get(READ, &token("c-empty", &[]));
+    // A search answer with no match (nothing at the pointer) means "no such
+    // client", like a 404.
     cases.refused(
         "nothing at the response pointer",
         &resp,
-        503,
-        "metadata_unavailable",
+        403,
+        "unknown_client",
         &env.up,
     );
     cases.finish();

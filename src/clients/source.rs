@@ -72,9 +72,11 @@ impl HttpSource {
         let body = read_limited(resp).await?;
         let doc: serde_json::Value =
             serde_json::from_slice(&body).map_err(|_| "metadata answer is not JSON".to_string())?;
-        let object = doc
-            .pointer(&self.response_pointer)
-            .ok_or_else(|| format!("metadata answer has nothing at {:?}", self.response_pointer))?;
+        // A search endpoint answers 200 with an empty list for an unknown
+        // client: nothing at the pointer is "no such client", as a 404 is.
+        let Some(object) = doc.pointer(&self.response_pointer) else {
+            return Ok(Lookup::NotFound);
+        };
         let meta = from_json(client_id, object, &self.fields)?;
         Ok(Lookup::Found(Arc::new(meta)))
     }

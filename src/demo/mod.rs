@@ -5,11 +5,13 @@
 //!    (listeners, and every `http://127.0.0.1:8081` URL), write it with the
 //!    entitlement catalogue and a fresh ES256 key into a private temporary
 //!    directory, and validate it as `portcullis check` would.
-//! 2. Assemble the gateway ([`crate::server::assemble`]) and add the demo IAM
-//!    ([`iam::IamApp`]) to the same pingora server as one more service.
-//! 3. Once the admin listener's `/readyz` answers 200 (the gateway fetched
-//!    the issuer's keys from the IAM), print the [`scenario`] blocks.
-//! 4. Run until SIGINT (Ctrl-C) or SIGTERM, then remove the directory.
+//! 2. Start the demo IAM ([`iam::IamApp`]) on its own pingora server in a
+//!    thread, and wait until it accepts connections: the gateway fetches the
+//!    issuer's keys from it as soon as it starts.
+//! 3. Assemble the gateway ([`crate::server::assemble`]); once the admin
+//!    listener's `/readyz` answers 200, print the [`scenario`] blocks.
+//! 4. Run the gateway in the foreground until SIGINT (Ctrl-C) or SIGTERM,
+//!    then stop the IAM and remove the directory.
 
 pub mod iam;
 pub mod scenario;
@@ -20,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_core::server::RunArgs;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
 use crate::config::Config;
@@ -195,7 +199,7 @@ impl Prepared {
     }
 }
 
-/// Steps 1 of the module doc: ports, config, key; nothing listens yet.
+/// Step 1 of the module doc: ports, config, key; nothing listens yet.
 pub fn prepare(opts: DemoOptions) -> Result<Prepared, String> {
     opts.check()?;
     for (flag, port) in [
@@ -251,6 +255,8 @@ pub fn prepare(opts: DemoOptions) -> Result<Prepared, String> {
 /// `portcullis demo`: runs until SIGINT / SIGTERM.
 pub fn run(opts: DemoOptions) -> Result<(), String> {
     init_logging();
+    let prepared = prepare(opts)?;
+    let (config_path, key_path) = (prepared.config_path(), prepared.key_path());
     let Prepared {
         options,
         config,
@@ -258,9 +264,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         workdir,
         issuer,
         audience,
-    } = prepare(opts)?;
-    let config_path = workdir.path().join("demo.toml");
-    let key_path = workdir.path().join("key").join(mint::PRIVATE_KEY_FILE);
+    } = prepared;
     let admin_addr: SocketAddr = config
         .admin
         .listen
@@ -289,10 +293,8 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         &blocks,
     );
 
-    let mut server = crate::server::assemble(config)?.server;
-    let mut service = Service::new("portcullis demo IAM".to_string(), iam::IamApp::new(iam));
-    service.add_tcp(&format!("127.0.0.1:{}", options.iam_port));
-    server.add_service(service);
+    let iam_server = IamServer::start(iam, options.iam_port)?;
+    let server = crate::server::assemble(config)?.server;
 
     let workdir_path = workdir.path().to_path_buf();
     std::thread::Builder::new()
@@ -313,8 +315,78 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
 
     // SIGINT (Ctrl-C) and SIGTERM stop every service, then `run` returns.
     server.run(RunArgs::default());
+    drop(iam_server);
     drop(workdir);
     Ok(())
+}
+
+/// Stops a pingora server when its sender is used or dropped.
+struct StopSignal(tokio::sync::Mutex<tokio::sync::oneshot::Receiver<()>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.lock().await;
+        let _ = (&mut *rx).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// The demo IAM on its own pingora server in a thread; stopped on drop.
+struct IamServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IamServer {
+    /// Starts serving `iam` on 127.0.0.1:`port`; returns once it accepts
+    /// connections (at most 10 s).
+    fn start(iam: Arc<iam::Iam>, port: u16) -> Result<IamServer, String> {
+        let conf = ServerConf {
+            threads: 1,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let mut service = Service::new("portcullis demo IAM".to_string(), iam::IamApp::new(iam));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-demo-iam".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(StopSignal(tokio::sync::Mutex::new(rx))),
+                })
+            })
+            .map_err(|e| format!("cannot start the demo IAM thread: {e}"))?;
+        let iam_server = IamServer {
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() >= deadline {
+                return Err(format!("the demo IAM did not start listening on {addr}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(iam_server)
+    }
+}
+
+impl Drop for IamServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Diagnostics on stderr (stdout carries the commands and the audit log);
