@@ -138,8 +138,9 @@ pub fn run(args: ExplainArgs) -> u8 {
 /// including inside a tokio runtime (it then runs on a thread of its own).
 pub fn explain(args: &ExplainArgs) -> Explained {
     let run = || {
-        let mut explained = explain_inner(args);
-        if let Some(token) = token_for_scrubbing(args) {
+        let mut token = args.token.as_ref().map(|t| t.0.clone());
+        let mut explained = explain_inner(args, &mut token);
+        if let Some(token) = token {
             explained.stdout = scrub(&explained.stdout, &token);
             explained.stderr = scrub(&explained.stderr, &token);
         }
@@ -174,7 +175,9 @@ fn usage(message: impl std::fmt::Display) -> Explained {
     }
 }
 
-fn explain_inner(args: &ExplainArgs) -> Explained {
+/// `token` receives the token once it is read, so the caller can make sure
+/// it appears nowhere in the output.
+fn explain_inner(args: &ExplainArgs, token: &mut Option<String>) -> Explained {
     let mut stderr = String::new();
     let loaded = match crate::config::load_file(&args.config) {
         Ok(loaded) => loaded,
@@ -189,7 +192,7 @@ fn explain_inner(args: &ExplainArgs) -> Explained {
     for w in &loaded.warnings {
         let _ = writeln!(stderr, "{}: warning: {w}", args.config.display());
     }
-    let input = match request_input(args) {
+    let input = match request_input(args, token) {
         Ok(input) => input,
         Err(message) => {
             let mut e = usage(message);
@@ -224,23 +227,18 @@ fn explain_inner(args: &ExplainArgs) -> Explained {
 }
 
 /// The token as given, for making sure it never appears in the output.
-fn token_for_scrubbing(args: &ExplainArgs) -> Option<String> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => t.0.trim().to_string(),
-        (None, Some(path)) if path.as_os_str() != "-" => {
-            std::fs::read_to_string(path).ok()?.trim().to_string()
-        }
-        _ => return None,
-    };
-    // Tokens are long; a short string would only garble the report.
-    (token.len() >= 8).then_some(token)
-}
-
+/// `text` with every copy of `token` replaced. The report never prints the
+/// token; this makes sure of it. Very short strings are left alone: they
+/// are not real tokens and replacing them would garble the report.
 fn scrub(text: &str, token: &str) -> String {
+    let token = token.trim();
+    if token.len() < 8 {
+        return text.to_string();
+    }
     text.replace(token, "<token>")
 }
 
-fn request_input(args: &ExplainArgs) -> Result<RequestInput, String> {
+fn request_input(args: &ExplainArgs, read: &mut Option<String>) -> Result<RequestInput, String> {
     let method = Method::from_bytes(args.method.as_bytes())
         .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
     let token = match (&args.token, &args.token_file) {
@@ -248,6 +246,9 @@ fn request_input(args: &ExplainArgs) -> Result<RequestInput, String> {
         (None, Some(path)) => Some(read_token_file(path)?),
         (None, None) => None,
     };
+    if token.is_some() {
+        read.clone_from(&token);
+    }
     if token.as_deref().is_some_and(str::is_empty) {
         return Err("the token is empty".into());
     }

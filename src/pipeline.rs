@@ -188,10 +188,15 @@ pub async fn admit_head<T: Trace>(
     passed!(
         trace,
         Step::ClientIp,
-        "{} passes the route's ip_allow / ip_deny",
+        "{}{}",
         progress
             .client_ip
-            .map_or_else(|| "unknown".to_string(), |i| i.to_string())
+            .map_or_else(|| "unknown".to_string(), |i| i.to_string()),
+        if route.ip_allow.is_some() || route.ip_deny.is_some() {
+            " passes the route's ip_allow / ip_deny"
+        } else {
+            " (the route has no IP rules)"
+        }
     );
 
     if route.auth == AuthMode::None {

@@ -502,10 +502,11 @@ impl BodyPolicy {
                 Value::Number(n) => Cow::Owned(n.to_string()),
                 _ => return Err(mismatch("must be a string equal to")),
             };
-            let equal = rendered == raw
-                || percent_encoding::percent_decode_str(raw)
-                    .decode_utf8()
-                    .is_ok_and(|decoded| decoded == rendered);
+            // Compared with what the upstream sees: the decoded segment (a
+            // body id "ot%68er" must not pass for the path id "other").
+            let equal = percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .is_ok_and(|decoded| decoded == rendered);
             if !equal {
                 return Err(mismatch("must equal"));
             }
@@ -1234,7 +1235,7 @@ mod tests {
     }
 
     #[test]
-    fn path_param_compares_raw_and_decoded_and_numbers() {
+    fn path_param_compares_the_decoded_segment_and_numbers() {
         let policy = BodyPolicy::compile(
             &raw(r#"json = true
                     path_params = { "/id" = "id" }"#),
@@ -1254,7 +1255,21 @@ mod tests {
             )
         };
         check(r#"{"id":"app 1"}"#, "app%201").unwrap();
-        check(r#"{"id":"app%201"}"#, "app%201").unwrap();
+        // The upstream decodes the segment: the still-encoded text is another id.
+        refused(
+            check(r#"{"id":"app%201"}"#, "app%201"),
+            400,
+            "path_param_mismatch",
+            "path_params",
+            "/id",
+        );
+        refused(
+            check(r#"{"id":"ot%68er"}"#, "other"),
+            400,
+            "path_param_mismatch",
+            "path_params",
+            "/id",
+        );
         check(r#"{"id":42}"#, "42").unwrap();
         check(r#"{"id":"42"}"#, "42").unwrap();
         refused(
@@ -1271,7 +1286,7 @@ mod tests {
             "path_params",
             "/id",
         );
-        // Invalid UTF-8 once decoded: only the raw form can match.
+        // Invalid UTF-8 once decoded: nothing matches.
         refused(
             check(r#"{"id":"x"}"#, "%ff"),
             400,
