@@ -89,6 +89,9 @@ impl AdminApp {
         let method = &req.method;
         match (method.as_str(), path) {
             ("GET", "/metrics") => {
+                if let Some(dir) = &state.clients {
+                    dir.settle().await;
+                }
                 let body = self.metrics.render(&state);
                 Response::builder()
                     .status(StatusCode::OK)

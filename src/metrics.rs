@@ -8,7 +8,7 @@
 //! config, issuer names, error codes — never paths or client ids.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use prometheus::{
@@ -265,33 +265,47 @@ impl Metrics {
         self.config_info.with_label_values(&[hash]).set(1);
     }
 
-    /// Add what a source counter gained since the last scrape.
-    fn advance(&self, key: String, raw: u64, counter: &IntCounter) {
-        let Ok(mut seen) = self.last_seen.lock() else {
-            return;
-        };
-        let last = seen.insert(key, raw).unwrap_or(0);
-        // A replaced source starts again from zero: count all it has.
-        let gained = if raw >= last { raw - last } else { raw };
-        counter.inc_by(gained);
+    /// Add what a source counter gained since the last scrape. `key` names
+    /// the source object itself (its address), so a source replaced by a
+    /// reload starts from a zero baseline and none of its counts are lost.
+    fn advance(
+        &self,
+        seen: &mut HashMap<String, u64>,
+        key: String,
+        raw: u64,
+        counter: &IntCounter,
+    ) {
+        let last = self
+            .last_seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+            .unwrap_or(0);
+        counter.inc_by(raw.saturating_sub(last));
+        seen.insert(key, raw.max(last));
     }
 
     /// Read key-set and cache state from the live gateway.
     fn observe_state(&self, state: &GatewayState) {
         let now = SystemTime::now();
+        // Baselines of the sources alive now; those of replaced ones are dropped.
+        let mut seen = HashMap::new();
         for (i, issuer) in state.config.issuers.iter().enumerate() {
             let name = issuer.name.as_str();
             let Some(keys) = state.verifier.issuer_keys(i) else {
                 continue;
             };
             let (ok, failed) = keys.refresh_counts();
+            let id = Arc::as_ptr(keys) as usize;
             self.advance(
-                format!("jwks_ok/{name}"),
+                &mut seen,
+                format!("jwks_ok/{id:x}"),
                 ok,
                 &self.jwks_refreshes.with_label_values(&[name, "success"]),
             );
             self.advance(
-                format!("jwks_failed/{name}"),
+                &mut seen,
+                format!("jwks_failed/{id:x}"),
                 failed,
                 &self.jwks_refreshes.with_label_values(&[name, "failure"]),
             );
@@ -309,9 +323,13 @@ impl Metrics {
             }
         }
         self.token_cache_entries
-            .set(state.verifier.cached_tokens() as i64);
+            .set(state.verifier.cached_tokens_blocking() as i64);
         self.advance(
-            "signature_checks".to_string(),
+            &mut seen,
+            format!(
+                "signature_checks/{:x}",
+                Arc::as_ptr(&state.verifier) as usize
+            ),
             state.verifier.signature_checks(),
             &self.signature_checks,
         );
@@ -347,13 +365,22 @@ impl Metrics {
                     self.cache_stale.clone(),
                 ),
             ] {
-                self.advance(format!("cache/{key}"), raw, &counter);
+                self.advance(
+                    &mut seen,
+                    format!("cache/{key}/{:x}", Arc::as_ptr(dir) as usize),
+                    raw,
+                    &counter,
+                );
             }
             self.cache_entries.set(dir.entry_count() as i64);
         }
+        if let Ok(mut last) = self.last_seen.lock() {
+            *last = seen;
+        }
     }
 
-    /// The Prometheus text exposition of everything.
+    /// The Prometheus text exposition of everything. Settle the client
+    /// directory first (`ClientDirectory::settle`) for an exact cache size.
     pub fn render(&self, state: &GatewayState) -> Vec<u8> {
         self.observe_state(state);
         let mut out = Vec::with_capacity(8192);

@@ -116,8 +116,10 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
 
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        // On SIGTERM pingora keeps serving for the grace period (requests in
+        // flight finish), then stops its runtimes.
+        grace_period_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         pid_file: config.server.pid_file.to_string_lossy().into_owned(),
         ..ServerConf::default()

@@ -903,7 +903,15 @@ fn reload_swaps_config_without_losing_requests_keys_or_cache() {
         "the added route right after the reload (JWKS endpoint failing): {}",
         added.describe()
     );
-    assert_eq!(up.last().path(), "/added/1");
+    // (The stream keeps the upstream busy: look for it among the requests.)
+    assert_eq!(
+        up.requests()
+            .iter()
+            .filter(|r| r.path() == "/added/1")
+            .count(),
+        1,
+        "the upstream did not receive GET /added/1 once"
+    );
     let again = get(proxy, &read, Some(&fresh_token(&["readAPIClients"])));
     assert_eq!(
         again.status,
@@ -1024,6 +1032,59 @@ fn reload_swaps_config_without_losing_requests_keys_or_cache() {
         ],
     );
     assert_eq!(m.series("portcullis_config_info").len(), 1);
+    handle.stop();
+}
+
+/// A reload gives every issuer a fresh key-set source whose fetch counters
+/// start again from zero; the exported counter must still count every fetch
+/// (here: the one the new refresher makes at once), even when no scrape
+/// happened in between.
+#[test]
+fn jwks_refresh_counter_counts_the_fetch_after_a_reload() {
+    let dir = TempDir::new("reload-counter");
+    let up = MockUpstream::start();
+    let jwks = MockJwks::start(standard_jwks());
+    let builder = ConfigBuilder::new()
+        .issuer("main", DEFAULT_ISSUER, &jwks.url(), "")
+        .upstream("app", &up.url(), "")
+        .raw(ROUTES);
+    let path = dir.path("portcullis.toml");
+    write_atomically(&path, &builder.build());
+    let loaded = portcullis::config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let handle = portcullis::server::start_in_thread(loaded.config)
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let admin: SocketAddr = format!("127.0.0.1:{}", builder.admin_port)
+        .parse()
+        .expect("admin addr");
+    assert!(wait_ready(admin, Duration::from_secs(5)), "never ready");
+    let ok = [("issuer", "main"), ("result", "success")];
+    let before = scrape(admin);
+    assert_eq!(
+        before.value("portcullis_jwks_refreshes_total", &ok),
+        1.0,
+        "one fetch at start:\n{}",
+        before.show("portcullis_jwks_refreshes_total")
+    );
+    let fetched = jwks.fetch_count();
+    handle
+        .reloader
+        .reload()
+        .expect("reload of the unchanged file");
+    assert!(
+        wait_until(Duration::from_secs(5), || jwks.fetch_count() > fetched),
+        "no JWKS fetch after the reload"
+    );
+    // No scrape until the new source has counted its fetch.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_metrics(
+        admin,
+        &before,
+        &[check(
+            "portcullis_jwks_refreshes_total",
+            &ok,
+            Expect::Delta((jwks.fetch_count() - fetched) as f64),
+        )],
+    );
     handle.stop();
 }
 
@@ -1380,7 +1441,7 @@ fn subprocess_config(
     jwks: &MockJwks,
 ) -> (PathBuf, SocketAddr, SocketAddr) {
     let b = ConfigBuilder::new()
-        .server("shutdown_timeout_seconds = 10")
+        .server("shutdown_timeout_seconds = 5")
         .server(&format!(
             "upgrade_sock = {}",
             toml_str(&dir.path("upgrade.sock").to_string_lossy())
@@ -1436,7 +1497,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
         ),
         Err(e) => panic!(
             "the request in flight at SIGTERM was cut off ({e}) {:?} after the signal; \
-             a graceful shutdown must let it finish (shutdown_timeout_seconds = 10)\nlog:\n{log}",
+             a graceful shutdown must let it finish (shutdown_timeout_seconds = 5)\nlog:\n{log}",
             signalled.elapsed()
         ),
     }
@@ -1474,7 +1535,8 @@ fn sigquit_hands_the_listeners_to_an_upgraded_process() {
 
     // Requests all along the hand-over.
     let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<(Instant, Result<u16, String>)>>> = Arc::new(Mutex::new(Vec::new()));
+    type Outcome = (Instant, Result<u16, String>);
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
     let stream = {
         let (stop, results) = (stop.clone(), results.clone());
         std::thread::spawn(move || {
@@ -1553,6 +1615,13 @@ fn sigquit_hands_the_listeners_to_an_upgraded_process() {
     assert!(
         after >= 10,
         "too few requests after SIGQUIT ({after}) to say anything\n{logs}"
+    );
+    println!(
+        "upgrade: {} requests, {after} after SIGQUIT, all 200; A (pid {}) exited {:?}, B (pid {}) serving",
+        results.len(),
+        a.pid(),
+        a_exit,
+        b.pid()
     );
     // B, alone now, answers on the same addresses (proxy and admin).
     let resp = request(proxy, "GET", "/public/after", &[], None);

@@ -82,6 +82,11 @@ impl ClientDirectory {
         }
     }
 
+    /// Apply the cache's pending maintenance, so [`entry_count`](Self::entry_count) is exact.
+    pub async fn settle(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
     /// Number of cached clients (approximate, as moka counts).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
