@@ -582,29 +582,16 @@ fn issuer_config(
 }
 
 fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    Ok(match name {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        other if other.eq_ignore_ascii_case("none") => {
-            return Err("\"none\" is never accepted: tokens must be signed".into())
-        }
-        other => {
-            return Err(format!(
-                "unknown algorithm {other:?}{}",
-                suggestion(other, ALGORITHMS.iter().copied())
-            ))
-        }
-    })
+    if let Some(alg) = crate::auth::keys::algorithm_from_name(name) {
+        return Ok(alg);
+    }
+    if name.eq_ignore_ascii_case("none") {
+        return Err("\"none\" is never accepted: tokens must be signed".into());
+    }
+    Err(format!(
+        "unknown algorithm {name:?}{}",
+        suggestion(name, ALGORITHMS.iter().copied())
+    ))
 }
 
 const ALGORITHMS: &[&str] = &[

@@ -14,7 +14,7 @@
 //! Errors: `{"message": "...", "statusCode": STATUS, "name": "...Error"}`.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use http::Method;
 use serde_json::{json, Map, Value};
@@ -49,29 +49,9 @@ fn not_found() -> IamResponse {
     error(404, "NotFoundError", "Not Found")
 }
 
-/// Now as `YYYY-MM-DDTHH:MM:SSZ`.
+/// Now as an RFC 3339 UTC timestamp (the audit log's format).
 fn timestamp_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::audit::rfc3339(SystemTime::now())
 }
 
 /// The apps store.
@@ -361,7 +341,7 @@ mod tests {
         assert_ne!(app["updated_at"], "2019-05-19T23:56:57Z");
         assert!(app["updated_at"]
             .as_str()
-            .is_some_and(|t| t.len() == 20 && t.ends_with('Z')));
+            .is_some_and(|t| t.len() == 24 && t.ends_with('Z')));
     }
 
     #[test]
