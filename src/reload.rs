@@ -91,7 +91,8 @@ impl Reloader {
             }
         }
         let config = Arc::new(config);
-        let verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
+        let mut verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
+        verifier.keep_only_claims(config.claims_read_by_routes());
         verifier.inherit_keys(&old.verifier);
         let clients = match (&old.config.clients, &config.clients, &old.clients) {
             (Some(a), Some(b), Some(dir)) if a == b => Some(dir.clone()),

@@ -93,10 +93,9 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
 /// upgrade: the old process hands them over on SIGQUIT).
 pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String> {
     let config = Arc::new(config);
-    let verifier = Arc::new(Verifier::with_cache(
-        &config.issuers,
-        config.server.token_cache,
-    ));
+    let mut verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
+    verifier.keep_only_claims(config.claims_read_by_routes());
+    let verifier = Arc::new(verifier);
     let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(
         config.clone(),
         verifier,

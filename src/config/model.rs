@@ -224,6 +224,21 @@ pub struct RouteConfig {
     pub body: Option<BodyPolicy>,
 }
 
+impl Config {
+    /// Top-level claims any route reads after verification (`pin_headers`).
+    pub fn claims_read_by_routes(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.pin_headers.iter())
+            .filter_map(|p| p.claim.first().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
 /// `pin_headers`: the request header must equal the token claim, or is set
 /// from it when absent.
 #[derive(Debug, Clone)]

@@ -350,6 +350,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // A client that hangs up is not a gateway error.
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            )
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

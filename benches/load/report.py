@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""The table of benches/load/run.sh, from its results.jsonl.
+
+  report.py --results results.jsonl --meta meta.json [--memory memory.json]
+  report.py --line JSON            one progress line for one measurement
+  report.py --half-rate results    half of the gateway's full-policy RS256 same-token rate
+
+Every number is a median over the runs. Ratios are computed inside each run (the
+cells of one run were measured minutes apart at most) and then their median is taken,
+as the issue asks: compare only ratios and CPU per request measured in one run.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+CELL_ORDER = [
+    "nginx-pass", "gw-pass", "gw-rs", "gw-es",
+    "haproxy-rs", "haproxy-es", "envoy-rs", "envoy-es",
+]
+DESCRIPTION = {
+    "nginx-pass": "nginx passthrough",
+    "gw-pass": "portcullis auth=none",
+    "gw-rs": "portcullis full RS256",
+    "gw-es": "portcullis full ES256",
+    "haproxy-rs": "haproxy jwt RS256",
+    "haproxy-es": "haproxy jwt ES256",
+    "envoy-rs": "envoy jwt+rbac RS256",
+    "envoy-es": "envoy jwt+rbac ES256",
+}
+
+
+def load(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def errors(r):
+    w = r.get("wrk")
+    if not w:
+        return None
+    return w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
+
+
+def rps(r):
+    w = r.get("wrk")
+    if not w or w["duration_us"] <= 0:
+        return None
+    return w["requests"] * 1e6 / w["duration_us"]
+
+
+def cpu_us_per_req(r, key="cpu_ticks"):
+    w = r.get("wrk")
+    if not w or w["requests"] <= 0:
+        return None
+    return r[key] / r["clk_tck"] * 1e6 / w["requests"]
+
+
+def cpu_pct(r, keys=("cpu_ticks", "upstream_ticks")):
+    w = r.get("wrk")
+    if not w or w["duration_us"] <= 0:
+        return None
+    return sum(r[k] for k in keys) / r["clk_tck"] * 1e6 / w["duration_us"] * 100
+
+
+def loadgen_pct(r):
+    w = r.get("wrk")
+    if not w or w["duration_us"] <= 0:
+        return None
+    return r["loadgen_cpu_ms"] * 1000 / w["duration_us"] * 100
+
+
+def sig_per_req(r):
+    w = r.get("wrk")
+    if r.get("sig_checks") is None or not w or w["requests"] <= 0:
+        return None
+    return r["sig_checks"] / w["requests"]
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, spec, none="-"):
+    return none if v is None else format(v, spec)
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+def line(r):
+    w = r.get("wrk")
+    tag = f'{r["phase"]:<6} r{r["run"]} {r["cell"]:<11} {r["workload"]:<8}'
+    if not w:
+        return f"  {tag} NO RESULT (wrk exit {r['wrk_rc']})" + ("" if r["alive"] else "  TARGET DIED")
+    s = (
+        f"  {tag} {rps(r):>9.0f} req/s  p50 {w['p50_us'] / 1000:6.2f} ms  p99 {w['p99_us'] / 1000:6.2f} ms"
+        f"  cpu {cpu_us_per_req(r):6.1f} us/req  errors {errors(r)}"
+    )
+    spr = sig_per_req(r)
+    if spr is not None:
+        s += f"  sig/req {spr:.2f}"
+    if r.get("rate"):
+        s += f"  (paced at {r['rate']} req/s)"
+    if not r["alive"]:
+        s += "  TARGET DIED"
+    return s
+
+
+def by_run(results, phase):
+    runs = {}
+    for r in results:
+        if r["phase"] == phase:
+            runs.setdefault(r["run"], {})[(r["cell"], r["workload"])] = r
+    return runs
+
+
+def ratio_median(runs, num, den, metric=rps):
+    values = []
+    for cells in runs.values():
+        a, b = cells.get(num), cells.get(den)
+        if a and b and metric(a) and metric(b):
+            values.append(metric(a) / metric(b))
+    return med(values), len(values)
+
+
+def half_rate(path):
+    results = load(path)
+    vals = [rps(r) for r in results if r["phase"] == "main" and r["cell"] == "gw-rs" and r["workload"] == "same"]
+    m = med(vals)
+    return int(m / 2) if m else 0
+
+
+def report(results, meta, memory):
+    runs = by_run(results, "main")
+    nruns = len(runs)
+    out = []
+    p = out.append
+    p("")
+    p("=" * 118)
+    p(
+        f"Portcullis load benchmark - {meta.get('runs')} run(s) x {meta.get('duration')} s, "
+        f"{meta.get('connections')} connections, wrk -t{meta.get('wrk_threads')} on CPU {meta.get('load_cpu')}, "
+        f"servers on CPU {meta.get('server_cpu')}"
+    )
+    p(
+        f"portcullis {meta.get('portcullis')}  nginx {meta.get('nginx')}  haproxy {meta.get('haproxy')}  "
+        f"envoy {meta.get('envoy') or '-'}  |  distinct pool {meta.get('pool')}/alg, gateway token cache "
+        f"{meta.get('gw_token_cache')}, envoy jwt cache {meta.get('envoy_jwt_cache')}, ACL {meta.get('ip_allow')}"
+    )
+    p(f"load average at the end: {meta.get('loadavg_end')}  (elapsed {meta.get('elapsed_s')} s)")
+    p("=" * 118)
+    hdr = (
+        f"{'target':<22} {'workload':<9} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'CPU us/req':>10} {'x nginx':>7} {'errors':>7} {'sig/req':>7} {'srvCPU%':>7} {'genCPU%':>7}"
+    )
+    p(hdr)
+    p("-" * len(hdr))
+    keys = sorted(
+        {(r["cell"], r["workload"]) for r in results if r["phase"] == "main"},
+        key=lambda k: (0 if k[1] == "same" else 1, CELL_ORDER.index(k[0]) if k[0] in CELL_ORDER else 99),
+    )
+    for key in keys:
+        rs = [cells[key] for cells in runs.values() if key in cells]
+        vals = [rps(r) for r in rs]
+        good = [v for v in vals if v is not None]
+        ratio, _ = ratio_median(runs, key, ("nginx-pass", "same"))
+        errs = [errors(r) for r in rs]
+        err_total = sum(e for e in errs if e is not None) if any(e is not None for e in errs) else None
+        died = any(not r["alive"] for r in rs)
+        p(
+            f"{DESCRIPTION.get(key[0], key[0]):<22} {key[1]:<9} {fmt(med(vals), '9.0f')} "
+            f"{(f'({min(good):.0f}-{max(good):.0f})' if good else '-'):>15} "
+            f"{fmt(ms(med([r['wrk']['p50_us'] if r.get('wrk') else None for r in rs])), '7.2f')} "
+            f"{fmt(ms(med([r['wrk']['p99_us'] if r.get('wrk') else None for r in rs])), '7.2f')} "
+            f"{fmt(med([cpu_us_per_req(r) for r in rs]), '10.1f')} "
+            f"{fmt(ratio, '7.2f')} {fmt(err_total, '7d')} {fmt(med([sig_per_req(r) for r in rs]), '7.2f')} "
+            f"{fmt(med([cpu_pct(r) for r in rs]), '7.0f')} {fmt(med([loadgen_pct(r) for r in rs]), '7.0f')}"
+            + ("  DIED" if died else "")
+        )
+    p("-" * len(hdr))
+    p(
+        "req/s, p50, p99, CPU: medians over runs. CPU us/req: utime+stime of the target's processes (workers "
+        "included, upstream excluded) / requests."
+    )
+    p(
+        "x nginx: req/s / nginx passthrough req/s of the same run. errors: non-2xx + socket errors (must be 0). "
+        "sig/req: gateway signature checks per request"
+    )
+    p(
+        "(~0 same token = cache hits, ~1 distinct = every request verified). srvCPU%: target + upstream CPU "
+        "(100 = the server CPU is saturated); genCPU%: wrk's CPU (near 100 = load-generator bound)."
+    )
+
+    # --- key ratios ---
+    p("")
+    p("Key ratios (per-run ratio, median over runs; targets from issue 7):")
+    checks = []
+
+    def ratio_check(label, num, den, target, runs_=runs):
+        v, n = ratio_median(runs_, num, den)
+        checks.append((label, v, f">= {target:.2f}", None if v is None else v >= target, n, "x"))
+
+    def cpu_of(cell):
+        rs = [cells[cell] for cells in runs.values() if cell in cells]
+        return med([cpu_us_per_req(r) for r in rs])
+
+    for a, A in (("rs", "RS256"), ("es", "ES256")):
+        ratio_check(f"full {A} same-token / gateway passthrough", (f"gw-{a}", "same"), ("gw-pass", "same"), 0.90)
+        ratio_check(f"full {A} same-token / nginx passthrough", (f"gw-{a}", "same"), ("nginx-pass", "same"), 0.80)
+        v = cpu_of((f"gw-{a}", "same"))
+        checks.append((f"full {A} same-token CPU per request", v, "<= 25 us", None if v is None else v <= 25, nruns, " us"))
+    ratio_check("full RS256 same-token / HAProxy RS256", ("gw-rs", "same"), ("haproxy-rs", "same"), 2.0)
+    ratio_check("full RS256 same-token / Envoy RS256", ("gw-rs", "same"), ("envoy-rs", "same"), 3.0)
+    ratio_check("full RS256 distinct-token / HAProxy RS256 distinct", ("gw-rs", "distinct"), ("haproxy-rs", "distinct"), 1.0)
+    ratio_check("full ES256 distinct-token / HAProxy ES256 distinct", ("gw-es", "distinct"), ("haproxy-es", "distinct"), 1.0)
+    ratio_check("full RS256 distinct-token / Envoy RS256 distinct", ("gw-rs", "distinct"), ("envoy-rs", "distinct"), 1.0)
+    ratio_check("full ES256 distinct-token / Envoy ES256 distinct", ("gw-es", "distinct"), ("envoy-es", "distinct"), 1.0)
+
+    half = by_run(results, "half")
+    half_lines = []
+    if half:
+        diffs = []
+        for run, cells in sorted(half.items()):
+            a, b = cells.get(("gw-rs", "same")), cells.get(("gw-pass", "same"))
+            if a and b and a.get("wrk") and b.get("wrk"):
+                diffs.append((a["wrk"]["p99_us"] - b["wrk"]["p99_us"]) / 1000)
+                half_lines.append(
+                    f"    run {run}: paced at {a['rate']} req/s: passthrough {rps(b):.0f} req/s p50 "
+                    f"{b['wrk']['p50_us'] / 1000:.2f} p99 {b['wrk']['p99_us'] / 1000:.2f} ms | full RS256 "
+                    f"{rps(a):.0f} req/s p50 {a['wrk']['p50_us'] / 1000:.2f} p99 {a['wrk']['p99_us'] / 1000:.2f} ms"
+                    f" | errors {errors(b)}/{errors(a)}"
+                )
+        v = med(diffs)
+        checks.append(("p99 full - p99 passthrough at half saturation", v, "<= 0.50 ms", None if v is None else v <= 0.5, len(diffs), " ms"))
+    if memory:
+        mib = memory["rss_kib"] / 1024 if memory.get("rss_kib") else None
+        checks.append(
+            (f"VmRSS, {memory.get('token_cache_entries')} tokens / {memory.get('client_cache_entries')} clients cached",
+             mib, "<= 128 MiB", None if mib is None else mib <= 128, 1, " MiB")
+        )
+    for label, v, target, ok, n, unit in checks:
+        verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
+        val = "-" if v is None else (f"{v:.2f}{unit}" if unit == "x" else f"{v:.1f}{unit}")
+        p(f"  {label:<58} {val:>11}   target {target:<11} {verdict:<8} ({n} run(s))")
+    if half_lines:
+        p("  half-saturation detail (paced with wrk delay(): closed loop with think time, not wrk2's open loop):")
+        out.extend(half_lines)
+    if memory:
+        w = memory.get("wrk") or {}
+        p(
+            f"  memory phase ({memory.get('mode', 'both')} cached): {memory['tokens']} distinct tokens/clients, filled={memory['filled']} after "
+            f"{memory['seconds']} s, VmRSS idle {fmt((memory.get('rss_idle_kib') or 0) / 1024, '.1f')} MiB, "
+            f"under load {fmt(mib, '.1f')} MiB, peak (VmHWM) {fmt((memory.get('hwm_kib') or 0) / 1024, '.1f')} MiB, "
+            f"signature checks {memory.get('signature_checks')}, wrk requests {w.get('requests', '-')}, "
+            f"errors {errors(memory) if w else '-'}" + ("" if memory.get("alive", True) else "  GATEWAY DIED")
+        )
+    bad = []
+    for r in results:
+        if r["phase"] == "warmup":
+            continue
+        why = []
+        if not r.get("wrk"):
+            why.append("no wrk result")
+        elif errors(r):
+            why.append("errors under load")
+        if not r["alive"]:
+            why.append("target died")
+        spr = sig_per_req(r)
+        if r["workload"] == "distinct" and spr is not None and spr < 0.95:
+            why.append(f"only {spr:.2f} signature checks per request: cache hits (raise POOL or lower GW_TOKEN_CACHE)")
+        if why:
+            bad.append((r, why))
+    if bad:
+        p("")
+        p("PROBLEMS (such a cell is not a valid measurement):")
+        for r, why in bad:
+            p(line(r) + "  <- " + "; ".join(why))
+    p("")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results")
+    ap.add_argument("--meta")
+    ap.add_argument("--memory")
+    ap.add_argument("--line")
+    ap.add_argument("--half-rate")
+    a = ap.parse_args()
+    if a.line:
+        print(line(json.loads(a.line)))
+        return
+    if a.half_rate:
+        print(half_rate(a.half_rate))
+        return
+    results = load(a.results)
+    meta = json.load(open(a.meta)) if a.meta else {}
+    memory = None
+    if a.memory:
+        with open(a.memory) as f:
+            memory = json.load(f)
+    print(report(results, meta, memory))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
