@@ -31,7 +31,6 @@ use common::{
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::Algorithm;
-use portcullis::auth::Verifier;
 use portcullis::config::Config;
 use portcullis::pipeline::{admit_head, check_body, NoTrace, Progress, RequestHead};
 use portcullis::proxy::state::GatewayState;
@@ -136,9 +135,7 @@ fn toml_list(items: &[&str]) -> String {
 
 /// The state as `server::assemble` builds it.
 fn state(config: &Arc<Config>) -> GatewayState {
-    let mut verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
-    verifier.keep_only_claims(config.claims_read_by_routes());
-    GatewayState::new(Arc::clone(config), Arc::new(verifier))
+    GatewayState::build(Arc::clone(config), None)
 }
 
 /// A request as pingora hands it over: parsed headers and the raw head.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::auth::Verifier;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
@@ -90,16 +89,8 @@ impl Reloader {
                 );
             }
         }
-        let config = Arc::new(config);
-        let mut verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
-        verifier.keep_only_claims(config.claims_read_by_routes());
-        verifier.inherit_keys(&old.verifier);
-        let clients = match (&old.config.clients, &config.clients, &old.clients) {
-            (Some(a), Some(b), Some(dir)) if a == b => Some(dir.clone()),
-            _ => None,
-        };
         let hash = config.hash.clone();
-        let state = GatewayState::with_clients(config, Arc::new(verifier), clients);
+        let state = GatewayState::build(Arc::new(config), Some(&old));
         self.state.store(Arc::new(state));
         self.metrics.set_config(&hash);
         self.keys_changed.notify_one();

@@ -17,7 +17,6 @@ use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
 use crate::audit::AuditLog;
-use crate::auth::Verifier;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
@@ -93,12 +92,9 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
 /// upgrade: the old process hands them over on SIGQUIT).
 pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String> {
     let config = Arc::new(config);
-    let mut verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
-    verifier.keep_only_claims(config.claims_read_by_routes());
-    let verifier = Arc::new(verifier);
-    let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(
+    let state = Arc::new(ArcSwap::from_pointee(GatewayState::build(
         config.clone(),
-        verifier,
+        None,
     )));
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     metrics.set_config(&config.hash);

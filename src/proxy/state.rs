@@ -30,6 +30,23 @@ pub enum PeerAddress {
 }
 
 impl GatewayState {
+    /// The state the server runs for `config`: a verifier with the
+    /// configured token cache keeping only the claims routes read. With the
+    /// `previous` state (a reload), key sets of unchanged issuers and the
+    /// client cache of an unchanged `[clients]` carry over.
+    pub fn build(config: Arc<Config>, previous: Option<&GatewayState>) -> GatewayState {
+        let mut verifier = Verifier::with_cache(&config.issuers, config.server.token_cache);
+        verifier.keep_only_claims(config.claims_read_by_routes());
+        let mut clients = None;
+        if let Some(old) = previous {
+            verifier.inherit_keys(&old.verifier);
+            if old.config.clients.is_some() && old.config.clients == config.clients {
+                clients = old.clients.clone();
+            }
+        }
+        GatewayState::with_clients(config, Arc::new(verifier), clients)
+    }
+
     pub fn new(config: Arc<Config>, verifier: Arc<Verifier>) -> GatewayState {
         GatewayState::with_clients(config, verifier, None)
     }
