@@ -43,6 +43,10 @@ pub async fn read_bounded(
     loop {
         let chunk = match tokio::time::timeout(timeout, session.read_request_body()).await {
             Err(_) => return Err(GatewayError::RequestTimeout),
+            // pingora's own read timeout (set to the same limit) may fire first.
+            Ok(Err(e)) if e.etype() == &pingora_error::ErrorType::ReadTimedout => {
+                return Err(GatewayError::RequestTimeout);
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "request body read failed");
                 return Err(GatewayError::InvalidFraming(
