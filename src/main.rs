@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Request handling allocates many small, short-lived objects across pingora's
+// tasks; mimalloc's thread-local free lists serve them faster than glibc's
+// malloc (measured by the load harness, benches/load/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// EX_USAGE from sysexits.h: the configuration is wrong.
 const EXIT_BAD_CONFIG: u8 = 64;
 

@@ -15,11 +15,12 @@ import statistics
 import sys
 
 CELL_ORDER = [
-    "nginx-pass", "gw-pass", "gw-rs", "gw-es",
+    "nginx-pass", "pingora-pass", "gw-pass", "gw-rs", "gw-es",
     "haproxy-rs", "haproxy-es", "envoy-rs", "envoy-es",
 ]
 DESCRIPTION = {
     "nginx-pass": "nginx passthrough",
+    "pingora-pass": "pingora bare passthrough",
     "gw-pass": "portcullis auth=none",
     "gw-rs": "portcullis full RS256",
     "gw-es": "portcullis full ES256",
@@ -97,7 +98,7 @@ def ms(us):
 
 def line(r):
     w = r.get("wrk")
-    tag = f'{r["phase"]:<6} r{r["run"]} {r["cell"]:<11} {r["workload"]:<8}'
+    tag = f'{r["phase"]:<6} r{r["run"]} {r["cell"]:<12} {r["workload"]:<8}'
     if not w:
         return f"  {tag} NO RESULT (wrk exit {r['wrk_rc']})" + ("" if r["alive"] else "  TARGET DIED")
     s = (
@@ -131,6 +132,15 @@ def ratio_median(runs, num, den, metric=rps):
     return med(values), len(values)
 
 
+def diff_median(runs, a_key, b_key, metric=cpu_us_per_req):
+    values = []
+    for cells in runs.values():
+        a, b = cells.get(a_key), cells.get(b_key)
+        if a and b and metric(a) is not None and metric(b) is not None:
+            values.append(metric(a) - metric(b))
+    return med(values), len(values)
+
+
 def half_rate(path):
     results = load(path)
     vals = [rps(r) for r in results if r["phase"] == "main" and r["cell"] == "gw-rs" and r["workload"] == "same"]
@@ -158,7 +168,7 @@ def report(results, meta, memory):
     p(f"load average at the end: {meta.get('loadavg_end')}  (elapsed {meta.get('elapsed_s')} s)")
     p("=" * 118)
     hdr = (
-        f"{'target':<22} {'workload':<9} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'target':<24} {'workload':<9} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'CPU us/req':>10} {'x nginx':>7} {'errors':>7} {'sig/req':>7} {'srvCPU%':>7} {'genCPU%':>7}"
     )
     p(hdr)
@@ -176,7 +186,7 @@ def report(results, meta, memory):
         err_total = sum(e for e in errs if e is not None) if any(e is not None for e in errs) else None
         died = any(not r["alive"] for r in rs)
         p(
-            f"{DESCRIPTION.get(key[0], key[0]):<22} {key[1]:<9} {fmt(med(vals), '9.0f')} "
+            f"{DESCRIPTION.get(key[0], key[0]):<24} {key[1]:<9} {fmt(med(vals), '9.0f')} "
             f"{(f'({min(good):.0f}-{max(good):.0f})' if good else '-'):>15} "
             f"{fmt(ms(med([r['wrk']['p50_us'] if r.get('wrk') else None for r in rs])), '7.2f')} "
             f"{fmt(ms(med([r['wrk']['p99_us'] if r.get('wrk') else None for r in rs])), '7.2f')} "
@@ -201,7 +211,7 @@ def report(results, meta, memory):
 
     # --- key ratios ---
     p("")
-    p("Key ratios (per-run ratio, median over runs; targets from issue 7):")
+    p("Key ratios (per-run ratio, median over runs; targets from issue 7, reference lines have none):")
     checks = []
 
     def ratio_check(label, num, den, target, runs_=runs):
@@ -212,6 +222,19 @@ def report(results, meta, memory):
         rs = [cells[cell] for cells in runs.values() if cell in cells]
         return med([cpu_us_per_req(r) for r in rs])
 
+    # The floor set by the framework: pingora itself with no checks (reference, no target).
+    def reference(label, v, n, unit):
+        checks.append((label, v, "-", "reference", n, unit))
+
+    reference("bare pingora / nginx passthrough", *ratio_median(runs, ("pingora-pass", "same"), ("nginx-pass", "same")), "x")
+    reference(
+        "gateway passthrough / bare pingora passthrough",
+        *ratio_median(runs, ("gw-pass", "same"), ("pingora-pass", "same")), "x",
+    )
+    reference(
+        "gateway passthrough CPU - bare pingora CPU",
+        *diff_median(runs, ("gw-pass", "same"), ("pingora-pass", "same")), " us",
+    )
     for a, A in (("rs", "RS256"), ("es", "ES256")):
         ratio_check(f"full {A} same-token / gateway passthrough", (f"gw-{a}", "same"), ("gw-pass", "same"), 0.90)
         ratio_check(f"full {A} same-token / nginx passthrough", (f"gw-{a}", "same"), ("nginx-pass", "same"), 0.80)
@@ -247,7 +270,10 @@ def report(results, meta, memory):
              mib, "<= 128 MiB", None if mib is None else mib <= 128, 1, " MiB")
         )
     for label, v, target, ok, n, unit in checks:
-        verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
+        if ok == "reference":
+            verdict = "n/a" if v is None else "reference"
+        else:
+            verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
         val = "-" if v is None else (f"{v:.2f}{unit}" if unit == "x" else f"{v:.1f}{unit}")
         p(f"  {label:<58} {val:>11}   target {target:<11} {verdict:<8} ({n} run(s))")
     if half_lines:

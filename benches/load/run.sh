@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Portcullis load harness: the gateway against nginx, HAProxy and Envoy doing the same
-# work, on loopback, pinned, interleaved. See benches/load/README.md.
+# work (and a bare pingora proxy, the framework's own floor), on loopback, pinned,
+# interleaved. See benches/load/README.md.
 #
 #   make bench-load                       # the whole thing (about 10 minutes)
 #   DURATION=3 RUNS=1 make bench-load     # a quick trial
@@ -31,11 +32,12 @@ SERVER_CPU=${SERVER_CPU:-1}        # every server's CPU (upstream included)
 GW_TOKEN_CACHE=${GW_TOKEN_CACHE:-256}    # gateway token cache (distinct pools are far larger)
 ENVOY_JWT_CACHE=${ENVOY_JWT_CACHE:-1024} # Envoy jwt_cache_size (0: Envoy without its cache)
 IP_ALLOW=${IP_ALLOW:-127.0.0.1/32} # source ACL of every full-policy target
-TARGETS=${TARGETS:-"nginx gw haproxy envoy"}
+TARGETS=${TARGETS:-"nginx pingora gw haproxy envoy"}
 INSTALL=${INSTALL:-1}              # 0: do not apt-get / pip install
 BUILD=${BUILD:-1}                  # 0: use the existing release binary
 KEEP_WORK=${KEEP_WORK:-0}          # 1: keep keys and token pools in the work directory
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
+BARE_PINGORA_BIN=${BARE_PINGORA_BIN:-$ROOT/target/release/examples/bare_pingora}
 AUD=portcullis
 ISS_RS=https://bench-rs.portcullis.test
 ISS_ES=https://bench-es.portcullis.test
@@ -51,7 +53,8 @@ ENVOY_PORT=$((BASE_PORT + 5))
 ENVOY_ADMIN_PORT=$((BASE_PORT + 6))
 MEM_PORT=$((BASE_PORT + 7))
 MEM_ADMIN_PORT=$((BASE_PORT + 8))
-ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT")
+BARE_PORT=$((BASE_PORT + 9))
+ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT" "$BARE_PORT")
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -67,7 +70,7 @@ done
 ((POOL >= 100)) || die "POOL must be >= 100"
 ((BASE_PORT >= 1024 && BASE_PORT <= 65000)) || die "BASE_PORT must be in 1024..65000"
 for t in $TARGETS; do
-    case $t in nginx | gw | haproxy | envoy) ;; *) die "unknown target '$t' in TARGETS (nginx gw haproxy envoy)" ;; esac
+    case $t in nginx | pingora | gw | haproxy | envoy) ;; *) die "unknown target '$t' in TARGETS (nginx pingora gw haproxy envoy)" ;; esac
 done
 case $MEM_MODE in both | tokens | clients) ;; *) die "MEM_MODE must be both, tokens or clients (got '$MEM_MODE')" ;; esac
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -146,13 +149,21 @@ WRK_BIN=$(command -v wrk)
 if ((BUILD)); then
     log "cargo build --release"
     (cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
+    if has_target pingora; then
+        log "cargo build --release --example bare_pingora"
+        (cd "$ROOT" && cargo build --release --quiet --example bare_pingora) >&2 ||
+            die "cargo build --release --example bare_pingora failed"
+    fi
 fi
 [[ -x $PORTCULLIS_BIN ]] || die "no gateway binary at $PORTCULLIS_BIN"
+if has_target pingora; then
+    [[ -x $BARE_PINGORA_BIN ]] || die "no bare pingora binary at $BARE_PINGORA_BIN (cargo build --release --example bare_pingora)"
+fi
 
 # --- ports ------------------------------------------------------------------------------
 port_busy() { [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
 for p in "${ALL_PORTS[@]}"; do
-    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+8)"
+    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+9)"
 done
 
 # --- work directory, process tracking, cleanup -------------------------------------------
@@ -222,8 +233,8 @@ start() {
 }
 
 # stop NAME: signal the process (TERM, or STOP_SIG[NAME]), wait (bounded), KILL it and
-# any descendant left. The gateway gets INT (pingora's fast shutdown): on TERM it
-# sleeps its whole shutdown_timeout_seconds grace period even when idle.
+# any descendant left. The gateway and the bare pingora proxy get INT (pingora's fast
+# shutdown): on TERM pingora sleeps its whole grace period even when idle.
 stop() {
     local name=$1 i
     is_ours "$name" || {
@@ -370,6 +381,12 @@ if has_target nginx; then
     start nginx "$SERVER_CPU" "$NGINX_BIN" -e "$WORK/logs/nginx-proxy.err" -p "$WORK" -c "$WORK/conf/nginx-proxy.conf" -g 'daemon off;'
     wait_http nginx "http://127.0.0.1:$NGX_PORT/pass/x" 200
 fi
+if has_target pingora; then
+    # INT, as for the gateway: on TERM pingora sleeps its default grace period (300 s).
+    STOP_SIG[pingora]=INT
+    start pingora "$SERVER_CPU" "$BARE_PINGORA_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT"
+    wait_http pingora "http://127.0.0.1:$BARE_PORT/pass/x" 200
+fi
 STOP_SIG[gw]=INT
 RUST_LOG=${BENCH_RUST_LOG:-warn} start gw "$SERVER_CPU" "$PORTCULLIS_BIN" run --config "$WORK/conf/portcullis.toml"
 wait_http gw "http://127.0.0.1:$GW_ADMIN_PORT/readyz" 200
@@ -433,6 +450,7 @@ check_full() { # TARGET PORT
 
 log "checking every target's answers before timing"
 has_target nginx && expect nginx "$NGX_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
+has_target pingora && expect pingora "$BARE_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
 expect gw "$GW_PORT" "/pass$PATH_TAIL" - 200 "passthrough (auth none)"
 check_full gw "$GW_PORT"
 if ((CLI_TOKEN)); then
@@ -480,6 +498,7 @@ metric() { # admin-port metric-name -> value (sum over label sets), empty if una
 # Cells: NAME TARGET(process) PORT PATH WORKLOAD(same|distinct) TOKEN
 CELLS=()
 has_target nginx && CELLS+=("nginx-pass nginx $NGX_PORT /pass$PATH_TAIL same rs")
+has_target pingora && CELLS+=("pingora-pass pingora $BARE_PORT /pass$PATH_TAIL same rs")
 CELLS+=("gw-pass gw $GW_PORT /pass$PATH_TAIL same rs")
 for a in rs es; do
     CELLS+=("gw-$a gw $GW_PORT /$a$PATH_TAIL same $a")

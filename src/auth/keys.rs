@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -79,18 +82,100 @@ impl KeyKind {
     }
 }
 
+/// The largest signature a usable key produces: RSA 8192 bits (aws-lc's
+/// upper bound for RSA verification).
+const MAX_SIGNATURE_BYTES: usize = 1024;
+
 /// One usable key.
-struct KeyEntry {
+pub struct KeyEntry {
     kid: Option<String>,
     kind: KeyKind,
     /// The JWK's own `alg`, when it names one.
     alg: Option<Algorithm>,
     key: DecodingKey,
+    /// The public key parsed once per algorithm it may verify, so that a
+    /// verification does no key parsing: building an RSA key from `n`/`e` (and
+    /// its Montgomery constants) on every token cost more than the signature
+    /// check itself (benches/jwt.rs). Empty for the HMAC secret.
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
 impl KeyEntry {
     fn suits(&self, alg: Algorithm) -> bool {
         self.kind.suits(alg) && self.alg.is_none_or(|own| own == alg)
+    }
+
+    /// Whether `signature` (base64url, unpadded, as in the token) is a valid
+    /// `alg` signature over `signed` by this key.
+    pub fn verify(&self, alg: Algorithm, signed: &[u8], signature: &str) -> bool {
+        if !self.suits(alg) {
+            return false;
+        }
+        if self.kind == KeyKind::Hmac {
+            // Constant-time comparison inside jsonwebtoken.
+            return matches!(
+                jsonwebtoken::crypto::verify(signature, signed, &self.key, alg),
+                Ok(true)
+            );
+        }
+        let Some((_, key)) = self.parsed.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        let mut raw = [0u8; MAX_SIGNATURE_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(signature, &mut raw) {
+            Ok(len) => key.verify_sig(signed, &raw[..len]).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The aws-lc verification algorithm for a JOSE `alg` (RFC 7518 §3.1): JWS
+/// carries ECDSA signatures as fixed-width `r || s`.
+fn lc_rsa_params(alg: Algorithm) -> Option<&'static lc::RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &lc::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &lc::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &lc::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &lc::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &lc::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &lc::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// Parses `key` once for every algorithm of its kind; `None` when aws-lc
+/// rejects the material (the key is then skipped, like any unusable JWK).
+fn parse_for_kind(kind: KeyKind, key: &DecodingKey) -> Option<Vec<(Algorithm, ParsedPublicKey)>> {
+    use Algorithm::*;
+    let one = |alg: Algorithm, algorithm: &'static dyn lc::VerificationAlgorithm| {
+        let DecodingKeyKind::SecretOrDer(bytes) = key.kind() else {
+            return None;
+        };
+        ParsedPublicKey::new(algorithm, bytes)
+            .ok()
+            .map(|parsed| vec![(alg, parsed)])
+    };
+    match kind {
+        KeyKind::Rsa => {
+            let DecodingKeyKind::RsaModulusExponent { n, e } = key.kind() else {
+                return None;
+            };
+            let components = RsaPublicKeyComponents { n, e };
+            [RS256, RS384, RS512, PS256, PS384, PS512]
+                .into_iter()
+                .map(|alg| {
+                    let params = lc_rsa_params(alg)?;
+                    components
+                        .to_parsed_public_key(params)
+                        .ok()
+                        .map(|p| (alg, p))
+                })
+                .collect()
+        }
+        KeyKind::EcP256 => one(ES256, &lc::ECDSA_P256_SHA256_FIXED),
+        KeyKind::EcP384 => one(ES384, &lc::ECDSA_P384_SHA384_FIXED),
+        KeyKind::Ed25519 => one(EdDSA, &lc::ED25519),
+        KeyKind::Hmac => Some(Vec::new()),
     }
 }
 
@@ -139,6 +224,7 @@ impl KeySet {
             kind: KeyKind::Hmac,
             alg: None,
             key: DecodingKey::from_secret(secret),
+            parsed: Vec::new(),
         };
         KeySet::build(vec![entry], 0)
     }
@@ -198,7 +284,7 @@ impl KeySet {
     /// `alg`: RSA for RS*/PS*, P-256 for ES256, P-384 for ES384, Ed25519 for
     /// EdDSA, the HMAC secret (never a JWKS key) for HS*; a JWK's own `alg`,
     /// when present, must equal `alg`. `None` otherwise.
-    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Option<&DecodingKey> {
+    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Option<&KeyEntry> {
         let entry = match (&self.keys[..], kid) {
             ([only], None) => Some(only),
             ([only], Some(_)) if only.kid.is_none() => Some(only),
@@ -207,7 +293,7 @@ impl KeySet {
                 .find(|k| k.kid.as_deref() == Some(kid) && k.suits(alg)),
             (_, None) => None,
         };
-        entry.filter(|k| k.suits(alg)).map(|k| &k.key)
+        entry.filter(|k| k.suits(alg))
     }
 
     /// SHA-256 over the key ids, kinds and public material, in order: equal
@@ -291,11 +377,13 @@ fn usable_jwk(jwk: &Map<String, Value>) -> Option<KeyEntry> {
         // "oct" included: a published symmetric key is no secret.
         _ => return None,
     };
+    let parsed = parse_for_kind(kind, &key)?;
     let entry = KeyEntry {
         kid,
         kind,
         alg,
         key,
+        parsed,
     };
     entry.alg.is_none_or(|a| kind.suits(a)).then_some(entry)
 }
@@ -365,6 +453,15 @@ impl IssuerKeys {
     /// The current set; `None` when no set was ever loaded.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.set.load_full()
+    }
+
+    /// Whether the current set has this fingerprint (no `Arc` clone: this
+    /// runs on every token-cache hit).
+    pub fn current_fingerprint_is(&self, fingerprint: &[u8; 32]) -> bool {
+        self.set
+            .load()
+            .as_ref()
+            .is_some_and(|set| set.fingerprint == *fingerprint)
     }
 
     /// When the set was last loaded or refreshed successfully.

@@ -266,6 +266,67 @@ async fn every_supported_algorithm_verifies() {
     }
 }
 
+/// Keys are parsed once and verify raw signature bytes: a signature made for
+/// another algorithm of the same key, an ECDSA signature in DER instead of
+/// JWS's fixed `r || s`, and oversized or non-canonical base64 all fail.
+#[tokio::test]
+async fn signature_bytes_must_match_the_algorithm_exactly() {
+    let mut public = jwk(&rsa(), Algorithm::RS256, Some("k1"));
+    public.as_object_mut().unwrap().remove("alg");
+    let algs = [Algorithm::RS256, Algorithm::PS256];
+    let v = verifier(vec![issuer("idp", &algs, file_keys(&jwks(&[public])))]);
+    let rs = mint(Algorithm::RS256, Some("k1"), &claims(), &rsa());
+    let ps = mint(Algorithm::PS256, Some("k1"), &claims(), &rsa());
+    let (ps_signed, _) = ps.rsplit_once('.').unwrap();
+    let (_, rs_sig) = rs.rsplit_once('.').unwrap();
+    refused(
+        verify(&v, &format!("{ps_signed}.{rs_sig}")).await,
+        TokenFault::BadSignature,
+    );
+    // 1025 bytes once decoded: longer than any RSA signature aws-lc checks.
+    let long = URL_SAFE_NO_PAD.encode([7u8; 1025]);
+    refused(
+        verify(&v, &format!("{ps_signed}.{long}")).await,
+        TokenFault::BadSignature,
+    );
+
+    let v = verifier(vec![issuer(
+        "idp",
+        &[Algorithm::ES256],
+        file_keys(&jwks(&[jwk(&ec256(), Algorithm::ES256, Some("k"))])),
+    )]);
+    let es = mint(Algorithm::ES256, Some("k"), &claims(), &ec256());
+    assert!(verify(&v, &es).await.is_ok());
+    let (signed, sig) = es.rsplit_once('.').unwrap();
+    let raw = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    assert_eq!(raw.len(), 64, "JWS ES256 signatures are r || s");
+    let der = der_ecdsa(&raw[..32], &raw[32..]);
+    refused(
+        verify(&v, &format!("{signed}.{}", URL_SAFE_NO_PAD.encode(der))).await,
+        TokenFault::BadSignature,
+    );
+}
+
+/// DER `SEQUENCE { INTEGER r, INTEGER s }` for a P-256 signature.
+fn der_ecdsa(r: &[u8], s: &[u8]) -> Vec<u8> {
+    let int = |v: &[u8]| {
+        let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut out = vec![0x02];
+        if v.first().is_some_and(|b| b & 0x80 != 0) {
+            out.push(v.len() as u8 + 1);
+            out.push(0);
+        } else {
+            out.push(v.len() as u8);
+        }
+        out.extend(v);
+        out
+    };
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    out
+}
+
 #[tokio::test]
 async fn one_rsa_key_without_alg_serves_rs_and_ps() {
     let mut public = jwk(&rsa(), Algorithm::RS256, Some("k1"));

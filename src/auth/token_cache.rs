@@ -37,6 +37,9 @@ impl Default for TokenCacheSettings {
 
 pub type TokenDigest = [u8; 32];
 
+/// Held by value in the cache (a clone is one `Arc` increment): a second
+/// allocation per entry would cost memory for nothing.
+#[derive(Clone)]
 pub struct CachedToken {
     pub token: Arc<VerifiedToken>,
     /// Fingerprint of the issuer's key set at verification time.
@@ -49,11 +52,11 @@ pub struct CachedToken {
 
 struct PerEntry;
 
-impl Expiry<TokenDigest, Arc<CachedToken>> for PerEntry {
+impl Expiry<TokenDigest, CachedToken> for PerEntry {
     fn expire_after_create(
         &self,
         _key: &TokenDigest,
-        value: &Arc<CachedToken>,
+        value: &CachedToken,
         _now: Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
@@ -61,7 +64,7 @@ impl Expiry<TokenDigest, Arc<CachedToken>> for PerEntry {
 }
 
 pub struct TokenCache {
-    cache: Cache<TokenDigest, Arc<CachedToken>>,
+    cache: Cache<TokenDigest, CachedToken>,
     max_ttl: Duration,
 }
 
@@ -81,7 +84,7 @@ impl TokenCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    pub fn get(&self, digest: &TokenDigest) -> Option<Arc<CachedToken>> {
+    pub fn get(&self, digest: &TokenDigest) -> Option<CachedToken> {
         self.cache.get(digest)
     }
 
@@ -102,12 +105,12 @@ impl TokenCache {
         }
         self.cache.insert(
             digest,
-            Arc::new(CachedToken {
+            CachedToken {
                 token,
                 key_set,
                 valid_until,
                 ttl,
-            }),
+            },
         );
     }
 

@@ -219,7 +219,7 @@ pub fn request_id(downstream: &RequestHeader) -> String {
 
 fn new_request_id() -> String {
     let n: u128 = rand::random();
-    format!("{n:032x}")
+    hex::encode(n.to_be_bytes())
 }
 
 #[cfg(test)]

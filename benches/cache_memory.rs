@@ -1,0 +1,113 @@
+//! Resident memory per cache entry: what bounds the issue-7 memory target
+//! (100,000 cached tokens and 100,000 cached clients within 128 MiB).
+//!
+//! Not a criterion bench: it inserts `N` entries and reports the growth of
+//! the process's `VmRSS` per entry, with the same allocator as the gateway.
+//!
+//! * `moka entry`: a bare moka entry (32-byte key, 8-byte value, per-entry
+//!   expiry) — moka's own bookkeeping, the floor of any moka-backed cache;
+//! * `token cache entry`: [`TokenCache`] holding a token like the load
+//!   harness's memory phase (subject, client id, two entitlements, no kept
+//!   claims).
+//!
+//! `cargo bench --bench cache_memory` (`N` from `PORTCULLIS_BENCH_ENTRIES`,
+//! default 100,000; `cargo test` runs it with 1,000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::auth::token_cache::{TokenCache, TokenCacheSettings};
+use portcullis::auth::VerifiedToken;
+
+// The gateway's allocator (src/main.rs), so the figures match its RSS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+struct FiveMinutes;
+
+impl moka::Expiry<[u8; 32], u64> for FiveMinutes {
+    fn expire_after_create(&self, _: &[u8; 32], _: &u64, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(300))
+    }
+}
+
+/// RSS growth per entry (bytes) while `fill` inserts `n` entries.
+fn per_entry(n: u64, fill: impl FnOnce()) -> Option<u64> {
+    let before = rss_kib()?;
+    fill();
+    let after = rss_kib()?;
+    Some(after.saturating_sub(before) * 1024 / n.max(1))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test` does not: keep that run short.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let n: u64 = std::env::var("PORTCULLIS_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 100_000 } else { 1_000 });
+
+    let moka: moka::sync::Cache<[u8; 32], u64> = moka::sync::Cache::builder()
+        .max_capacity(n)
+        .expire_after(FiveMinutes)
+        .build();
+    let moka_entry = per_entry(n, || {
+        for i in 0..n {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&i.to_le_bytes());
+            moka.insert(key, i);
+        }
+        moka.run_pending_tasks();
+    });
+    assert_eq!(moka.entry_count(), n, "every moka entry stays cached");
+
+    let tokens = TokenCache::new(TokenCacheSettings {
+        max_entries: n,
+        max_ttl: Duration::from_secs(300),
+    })
+    .expect("a non-zero cache is on");
+    let token_entry = per_entry(n, || {
+        for i in 0..n {
+            let token = VerifiedToken {
+                issuer: 0,
+                claims: Default::default(),
+                subject: Some("bench-user".into()),
+                client_id: Some(format!("client-{i:07}")),
+                entitlements: vec!["manageAPIClients".into(), "readAPIClients".into()],
+                expires_at: 4_000_000_000,
+            };
+            let digest = TokenCache::digest(&format!("token-{i}"));
+            tokens.insert(
+                digest,
+                Arc::new(token),
+                [0; 32],
+                4_000_000_000,
+                1_000_000_000,
+            );
+        }
+        tokens.sync();
+    });
+    assert_eq!(tokens.entry_count(), n, "every token stays cached");
+
+    let show = |v: Option<u64>| v.map_or("n/a (no /proc)".to_string(), |b| format!("{b} bytes"));
+    println!("cache_memory: {n} entries each, VmRSS growth per entry");
+    println!(
+        "  moka entry (32-byte key, u64 value, per-entry expiry)  {}",
+        show(moka_entry)
+    );
+    println!(
+        "  token cache entry (harness memory-phase token)        {}",
+        show(token_entry)
+    );
+}
