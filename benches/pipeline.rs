@@ -243,7 +243,7 @@ fn bench(c: &mut Criterion) {
     // Same token: verified once, then a cache hit.
     let hit_state = state(&cached);
     let p = admit(&rt, &hit_state, &read, now);
-    assert_eq!(p.client_id.as_deref(), Some(CLIENT_ID));
+    assert_eq!(p.client_id(), Some(CLIENT_ID));
     assert_eq!(p.client_ip, Some(IpAddr::from([192, 168, 10, 7])));
     let checks = hit_state.verifier.signature_checks();
     group.bench_function("admit_head/token_cache_hit", |b| {

@@ -514,10 +514,10 @@ async fn decide(
                 }
                 step_line(&mut out, '→', "forward", &forward);
                 let mut identity = Vec::new();
-                if let Some(c) = &progress.client_id {
+                if let Some(c) = progress.client_id() {
                     identity.push(format!("X-Portcullis-Client-Id {c:?}"));
                 }
-                if let Some(s) = &progress.subject {
+                if let Some(s) = progress.subject() {
                     identity.push(format!("X-Portcullis-Subject {s:?}"));
                 }
                 identity.push(format!("X-Portcullis-Route {:?}", route.name));
@@ -612,7 +612,7 @@ fn refusal_context(
         | GatewayError::ClientDisabled
         | GatewayError::ClientIpDenied
         | GatewayError::MetadataUnavailable => {
-            match &progress.client_id {
+            match progress.client_id() {
                 Some(c) => lines.push(format!("client {c:?}")),
                 None => lines.push("the token names no client".into()),
             }

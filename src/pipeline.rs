@@ -8,10 +8,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
 
-use crate::clients::Lookup;
+use crate::auth::VerifiedToken;
+use crate::clients::{ClientMeta, Lookup};
 use crate::config::model::{AuthMode, EntitlementsFrom};
 use crate::error::GatewayError;
 use crate::policy::body::BodyRequest;
@@ -94,15 +96,55 @@ pub struct Progress {
     /// Path parameters, copied only for routes whose rules need them later.
     pub params: Vec<(String, String)>,
     pub client_ip: Option<IpAddr>,
-    pub client_id: Option<String>,
-    pub subject: Option<String>,
+    /// The verified token, shared with the token cache (no per-request copy
+    /// of its client id, subject or entitlements).
+    pub token: Option<Arc<VerifiedToken>>,
     /// The caller's effective entitlements (for the body policy).
-    pub entitlements: Vec<String>,
+    pub entitlements: Effective,
     /// Headers to set upstream from token claims (`pin_headers`).
     pub pinned: Vec<(HeaderName, String)>,
 }
 
+/// Where the caller's effective entitlements come from: shared with the
+/// token or the client record when one of them decides alone, a list of
+/// its own only for the intersection (`entitlements_from = "both"`).
+#[derive(Clone, Default)]
+pub enum Effective {
+    #[default]
+    Unknown,
+    Token(Arc<VerifiedToken>),
+    Client(Arc<ClientMeta>),
+    Both(Vec<String>),
+}
+
+impl Effective {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Effective::Unknown => &[],
+            Effective::Token(t) => &t.entitlements,
+            Effective::Client(c) => &c.entitlements,
+            Effective::Both(list) => list,
+        }
+    }
+}
+
+impl fmt::Debug for Effective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
 impl Progress {
+    /// The API client the token names.
+    pub fn client_id(&self) -> Option<&str> {
+        self.token.as_ref()?.client_id.as_deref()
+    }
+
+    /// The token's `sub`.
+    pub fn subject(&self) -> Option<&str> {
+        self.token.as_ref()?.subject.as_deref()
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
@@ -207,8 +249,7 @@ pub async fn admit_head<T: Trace>(
     let token =
         crate::auth::bearer::bearer_token(head.headers)?.ok_or(GatewayError::MissingToken)?;
     let verified = state.verifier.verify(token, &route.issuers, now).await?;
-    progress.client_id = verified.client_id.clone();
-    progress.subject = verified.subject.clone();
+    progress.token = Some(verified.clone());
     passed!(
         trace,
         Step::Token,
@@ -259,16 +300,18 @@ pub async fn admit_head<T: Trace>(
         .as_ref()
         .map_or(EntitlementsFrom::Token, |c| c.entitlements_from);
     progress.entitlements = match (&meta, from) {
-        (None, _) | (Some(_), EntitlementsFrom::Token) => verified.entitlements.clone(),
-        (Some(m), EntitlementsFrom::Metadata) => m.entitlements.clone(),
-        (Some(m), EntitlementsFrom::Both) => verified
-            .entitlements
-            .iter()
-            .filter(|e| m.entitlements.contains(e))
-            .cloned()
-            .collect(),
+        (None, _) | (Some(_), EntitlementsFrom::Token) => Effective::Token(verified.clone()),
+        (Some(m), EntitlementsFrom::Metadata) => Effective::Client(m.clone()),
+        (Some(m), EntitlementsFrom::Both) => Effective::Both(
+            verified
+                .entitlements
+                .iter()
+                .filter(|e| m.entitlements.contains(e))
+                .cloned()
+                .collect(),
+        ),
     };
-    route.entitlements.check(&progress.entitlements)?;
+    route.entitlements.check(progress.entitlements.as_slice())?;
     passed!(
         trace,
         Step::Entitlements,
@@ -281,8 +324,7 @@ pub async fn admit_head<T: Trace>(
     // 7a. Update guards that need no body.
     if let Some(param) = &route.deny_self {
         let ids: Vec<&str> = progress
-            .client_id
-            .as_deref()
+            .client_id()
             .into_iter()
             .chain(meta.iter().flat_map(|m| m.names()))
             .collect();
@@ -322,7 +364,7 @@ pub fn check_body<T: Trace>(
             content_type,
             body,
             path_params: &params,
-            entitlements: &progress.entitlements,
+            entitlements: progress.entitlements.as_slice(),
         })
         .map_err(GatewayError::BodyRule)?;
     passed!(

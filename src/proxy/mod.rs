@@ -287,8 +287,8 @@ impl ProxyHttp for Gateway {
             route,
             upstream: &state.config.upstreams[route.upstream],
             request_id: &ctx.request_id,
-            client_id: ctx.progress.client_id.as_deref(),
-            subject: ctx.progress.subject.as_deref(),
+            client_id: ctx.progress.client_id(),
+            subject: ctx.progress.subject(),
             peer: ctx.peer,
             peer_trusted: ctx.peer_trusted,
             proto: if state.config.server.tls.is_some() {
@@ -419,8 +419,8 @@ impl ProxyHttp for Gateway {
                 route,
                 method,
                 path: req.uri.path(),
-                client_id: ctx.progress.client_id.as_deref(),
-                subject: ctx.progress.subject.as_deref(),
+                client_id: ctx.progress.client_id(),
+                subject: ctx.progress.subject(),
                 client_ip: ctx.progress.client_ip.map(|i| i.to_string()),
                 decision: if ctx.refusal.is_some() {
                     "refuse"
