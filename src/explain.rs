@@ -624,14 +624,16 @@ fn refusal_context(
             if let Some(r) = route {
                 lines.push(format!(
                     "required all {:?} / any {:?}; effective {:?}",
-                    r.entitlements.all, r.entitlements.any, progress.entitlements
+                    r.entitlements.all,
+                    r.entitlements.any,
+                    progress.entitlements()
                 ));
             }
         }
         GatewayError::BodyRule(refusal) if refusal.code == "privilege_escalation" => {
             lines.push(format!(
                 "caller's effective entitlements {:?}",
-                progress.entitlements
+                progress.entitlements()
             ));
         }
         _ => {}

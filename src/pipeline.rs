@@ -99,42 +99,37 @@ pub struct Progress {
     /// The verified token, shared with the token cache (no per-request copy
     /// of its client id, subject or entitlements).
     pub token: Option<Arc<VerifiedToken>>,
-    /// The caller's effective entitlements (for the body policy).
-    pub entitlements: Effective,
+    /// Where the caller's effective entitlements come from (see
+    /// [`Progress::entitlements`]).
+    pub effective: Effective,
     /// Headers to set upstream from token claims (`pin_headers`).
     pub pinned: Vec<(HeaderName, String)>,
 }
 
-/// Where the caller's effective entitlements come from: shared with the
-/// token or the client record when one of them decides alone, a list of
-/// its own only for the intersection (`entitlements_from = "both"`).
-#[derive(Clone, Default)]
+/// Where the caller's effective entitlements come from: the token or the
+/// client record when one of them decides alone (shared, not copied), a list
+/// of its own only for the intersection (`entitlements_from = "both"`).
+#[derive(Debug, Clone, Default)]
 pub enum Effective {
+    /// Decided before step 6, or without a token: none.
     #[default]
     Unknown,
-    Token(Arc<VerifiedToken>),
+    Token,
     Client(Arc<ClientMeta>),
     Both(Vec<String>),
 }
 
-impl Effective {
-    pub fn as_slice(&self) -> &[String] {
-        match self {
+impl Progress {
+    /// The caller's effective entitlements (for the body policy).
+    pub fn entitlements(&self) -> &[String] {
+        match &self.effective {
             Effective::Unknown => &[],
-            Effective::Token(t) => &t.entitlements,
+            Effective::Token => self.token.as_ref().map_or(&[], |t| &t.entitlements),
             Effective::Client(c) => &c.entitlements,
             Effective::Both(list) => list,
         }
     }
-}
 
-impl fmt::Debug for Effective {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.as_slice()).finish()
-    }
-}
-
-impl Progress {
     /// The API client the token names.
     pub fn client_id(&self) -> Option<&str> {
         self.token.as_ref()?.client_id.as_deref()
@@ -299,8 +294,8 @@ pub async fn admit_head<T: Trace>(
         .clients
         .as_ref()
         .map_or(EntitlementsFrom::Token, |c| c.entitlements_from);
-    progress.entitlements = match (&meta, from) {
-        (None, _) | (Some(_), EntitlementsFrom::Token) => Effective::Token(verified.clone()),
+    progress.effective = match (&meta, from) {
+        (None, _) | (Some(_), EntitlementsFrom::Token) => Effective::Token,
         (Some(m), EntitlementsFrom::Metadata) => Effective::Client(m.clone()),
         (Some(m), EntitlementsFrom::Both) => Effective::Both(
             verified
@@ -311,14 +306,14 @@ pub async fn admit_head<T: Trace>(
                 .collect(),
         ),
     };
-    route.entitlements.check(progress.entitlements.as_slice())?;
+    route.entitlements.check(progress.entitlements())?;
     passed!(
         trace,
         Step::Entitlements,
         "required all {:?} / any {:?}; effective {:?}",
         route.entitlements.all,
         route.entitlements.any,
-        progress.entitlements
+        progress.entitlements()
     );
 
     // 7a. Update guards that need no body.
@@ -364,7 +359,7 @@ pub fn check_body<T: Trace>(
             content_type,
             body,
             path_params: &params,
-            entitlements: progress.entitlements.as_slice(),
+            entitlements: progress.entitlements(),
         })
         .map_err(GatewayError::BodyRule)?;
     passed!(

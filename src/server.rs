@@ -111,10 +111,11 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
 
     let conf = ServerConf {
         threads: config.server.threads,
-        // pingora's work-stealing runtime (its default). Its no-steal flavour
+        // pingora's default, stated because its no-steal flavour was tried: it
         // measured no better than the noise here, and it keeps a per-thread
-        // handle across runtimes: a second server started in the same process
-        // (the test suite does that) never gets its listener running.
+        // handle across runtimes, so a second server started in the same
+        // process (the test suite does that) never gets its listener running.
+        work_stealing: true,
         // On SIGTERM pingora keeps serving for the grace period (requests in
         // flight finish), then stops its runtimes.
         grace_period_seconds: Some(config.server.shutdown_timeout.as_secs()),

@@ -283,6 +283,27 @@ async fn signature_bytes_must_match_the_algorithm_exactly() {
         verify(&v, &format!("{ps_signed}.{rs_sig}")).await,
         TokenFault::BadSignature,
     );
+    // The valid PS256 signature with its unused trailing bits set: a lenient
+    // decoder would yield the same bytes and accept it.
+    let (_, ps_sig) = ps.rsplit_once('.').unwrap();
+    let (head, last) = ps_sig.split_at(ps_sig.len() - 1);
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let index = ALPHABET
+        .iter()
+        .position(|&c| c == last.as_bytes()[0])
+        .unwrap();
+    assert_eq!(
+        index & 0b1111,
+        0,
+        "a 256-byte signature leaves 4 unused bits"
+    );
+    let noncanonical = format!("{head}{}", ALPHABET[index | 1] as char);
+    assert_eq!(URL_SAFE_NO_PAD.decode(ps_sig).unwrap().len(), 256);
+    refused(
+        verify(&v, &format!("{ps_signed}.{noncanonical}")).await,
+        TokenFault::BadSignature,
+    );
+    assert!(verify(&v, &ps).await.is_ok(), "the canonical form verifies");
     // 1025 bytes once decoded: longer than any RSA signature aws-lc checks.
     let long = URL_SAFE_NO_PAD.encode([7u8; 1025]);
     refused(
