@@ -5,6 +5,7 @@
 //! the line is dropped and counted. A record never contains a token, a
 //! secret, a query string or a body.
 
+use std::fmt;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,11 +122,42 @@ fn text_line(r: &AuditRecord<'_>) -> String {
         r.decision,
         r.reason.unwrap_or("-"),
         r.route,
-        r.client_id.unwrap_or("-"),
-        r.subject.unwrap_or("-"),
+        TextField(r.client_id),
+        TextField(r.subject),
         r.client_ip.as_deref().unwrap_or("-"),
         r.duration_ms
     )
+}
+
+/// A token-supplied value in a text audit line: one field that cannot forge
+/// another. Plain visible ASCII other than `"`, `\\` and `=` is written as
+/// it is; anything else is written as a quoted string with `\\`, `\"`, and
+/// `\xNN` escapes (so a newline or ` ip=` in a `sub` claim stays inside
+/// its field). Absent or empty values are `-`.
+struct TextField<'a>(Option<&'a str>);
+
+impl fmt::Display for TextField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = match self.0 {
+            None | Some("") => return f.write_str("-"),
+            Some(v) => v,
+        };
+        let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'=');
+        if value != "-" && value.bytes().all(plain) {
+            return f.write_str(value);
+        }
+        f.write_str("\"")?;
+        for b in value.bytes() {
+            match b {
+                b'"' => f.write_str("\\\"")?,
+                b'\\' => f.write_str("\\\\")?,
+                b' ' | b'=' => write!(f, "{}", b as char)?,
+                b if b.is_ascii_graphic() => write!(f, "{}", b as char)?,
+                b => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        f.write_str("\"")
+    }
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without a date-time crate.
@@ -156,6 +188,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn token_supplied_text_fields_cannot_forge_others() {
+        let show = |v| TextField(v).to_string();
+        assert_eq!(show(Some("client-1")), "client-1");
+        assert_eq!(show(None), "-");
+        assert_eq!(show(Some("")), "-");
+        assert_eq!(show(Some("-")), "\"-\"");
+        assert_eq!(
+            show(Some("x ip=10.0.0.1\nGET / 200")),
+            "\"x ip=10.0.0.1\\x0aGET / 200\""
+        );
+        assert_eq!(show(Some("a\"b\\c")), "\"a\\\"b\\\\c\"");
+        assert_eq!(show(Some("é")), "\"\\xc3\\xa9\"");
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

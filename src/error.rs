@@ -74,6 +74,11 @@ pub enum GatewayError {
     /// The client's own IP filter (`ipFilterOp` / `ipFilters`) refuses the address.
     #[error("client address not allowed by the API client's IP filter")]
     ClientIpDenied,
+    /// The metadata source answered, but not with a usable record of this
+    /// client (wrong types, a bad `ipFilters` entry, another client's record).
+    /// An answer is not an outage: never served stale, never cached.
+    #[error("the API client's metadata record is not usable")]
+    InvalidClientRecord,
     /// The metadata source failed and no usable cached entry exists (fail closed).
     #[error("client metadata is unavailable")]
     MetadataUnavailable,
@@ -236,7 +241,7 @@ impl GatewayError {
             IpDenied => 403,
             MissingToken | InvalidToken(_) => 401,
             KeysUnavailable => 503,
-            UnknownClient | ClientDisabled | ClientIpDenied => 403,
+            UnknownClient | ClientDisabled | ClientIpDenied | InvalidClientRecord => 403,
             MetadataUnavailable => 503,
             InsufficientEntitlements { .. } => 403,
             BodyRule(r) => r.status,
@@ -269,6 +274,7 @@ impl GatewayError {
             UnknownClient => "unknown_client",
             ClientDisabled => "client_disabled",
             ClientIpDenied => "client_ip_denied",
+            InvalidClientRecord => "invalid_client_record",
             MetadataUnavailable => "metadata_unavailable",
             InsufficientEntitlements { .. } => "insufficient_entitlements",
             BodyRule(r) => r.code,

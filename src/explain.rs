@@ -431,9 +431,8 @@ async fn decide(
         .await
         .map_err(|e| (e, Phase::Head));
     let route = progress.route.and_then(|r| state.config.routes.get(r));
-    let body_policy = route.and_then(|r| r.body.as_ref());
-    if outcome.is_ok() && body_policy.is_some() {
-        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if outcome.is_ok() && route.is_some_and(|r| pipeline::reads_body(r, content_type)) {
         let body = input.body.as_deref().unwrap_or_default();
         outcome = pipeline::check_body(&state, &progress, content_type, body, &mut trace)
             .map_err(|e| (e, Phase::Body));
@@ -491,7 +490,7 @@ async fn decide(
     let code = match &outcome {
         Ok(()) => {
             if let Some(route) = route {
-                if body_policy.is_none() {
+                if !pipeline::reads_body(route, content_type) {
                     let detail = match &input.body {
                         Some(b) => format!(
                             "no [routes.body] policy on this route: the {} bytes would go upstream unchecked",

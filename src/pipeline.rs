@@ -14,13 +14,16 @@ use http::{HeaderMap, HeaderName, Method};
 
 use crate::auth::VerifiedToken;
 use crate::clients::{ClientMeta, Lookup};
-use crate::config::model::{AuthMode, EntitlementsFrom};
+use crate::config::model::{AuthMode, EntitlementsFrom, RouteConfig, UpstreamAuth};
+use crate::error::BodyRefusal;
 use crate::error::GatewayError;
 use crate::policy::body::BodyRequest;
 use crate::policy::client_ip::client_ip;
 use crate::policy::route_guards;
 use crate::proxy::state::GatewayState;
-use crate::routing::target::{check_request, RequestLimits};
+use crate::routing::target::{
+    check_form_body, check_protected_headers, check_request, is_form_urlencoded, RequestLimits,
+};
 use crate::routing::RouteLookup;
 
 /// What is known of a request before any body byte is read.
@@ -158,7 +161,12 @@ pub async fn admit_head<T: Trace>(
 ) -> Result<(), GatewayError> {
     let config = &state.config;
     // Known before anything can fail, so every refusal is logged with it.
-    progress.client_ip = client_ip(head.peer, head.headers, &config.server.trusted_proxies);
+    progress.client_ip = client_ip(
+        head.peer,
+        head.headers,
+        &config.server.trusted_proxies,
+        config.server.client_ip_header,
+    );
     let limits = RequestLimits {
         max_header_bytes: config.server.max_header_bytes,
         max_headers: config.server.max_headers,
@@ -211,6 +219,32 @@ pub async fn admit_head<T: Trace>(
         head.method,
         route.path.as_str()
     );
+
+    // Headers the gateway sets for this route (pinned to claims, or its own
+    // credential) cannot be nominated for removal or aliased with `_`.
+    let upstream_auth_header = config
+        .upstreams
+        .get(route.upstream)
+        .and_then(|u| match &u.auth {
+            Some(UpstreamAuth::Header { name, .. }) => Some(name.as_str()),
+            _ => None,
+        });
+    check_protected_headers(
+        head.headers,
+        route
+            .pin_headers
+            .iter()
+            .map(|p| p.header.as_str())
+            .chain(upstream_auth_header),
+    )?;
+    // A body the gateway inspects must be checked as the upstream will read it.
+    let content_type = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if reads_body(route, content_type) {
+        check_content_encoding(head.headers)?;
+    }
 
     // 3. The route's own IP rules, before any token work.
     if route.ip_allow.is_some() || route.ip_deny.is_some() {
@@ -280,6 +314,8 @@ pub async fn admit_head<T: Trace>(
                     Some(meta)
                 }
                 Ok(Lookup::NotFound) => return Err(GatewayError::UnknownClient),
+                Ok(Lookup::Invalid(_)) => return Err(GatewayError::InvalidClientRecord),
+                Ok(Lookup::SourceRefused(_)) => return Err(GatewayError::MetadataUnavailable),
                 Err(_) => return Err(GatewayError::MetadataUnavailable),
             }
         }
@@ -323,7 +359,12 @@ pub async fn admit_head<T: Trace>(
             .into_iter()
             .chain(meta.iter().flat_map(|m| m.names()))
             .collect();
-        route_guards::deny_self(param, progress.param(param), &ids)?;
+        route_guards::deny_self(
+            param,
+            progress.param(param),
+            &ids,
+            route.ids_case_insensitive,
+        )?;
         passed!(trace, Step::DenySelf, "{{{param}}} is not the caller");
     }
     if !route.pin_headers.is_empty() {
@@ -334,7 +375,35 @@ pub async fn admit_head<T: Trace>(
     Ok(())
 }
 
-/// Step 7: the route's body policy on a complete body (no-op without one).
+/// Whether the gateway reads the whole body of this request before it goes
+/// upstream: on routes with a body policy, and for a form-encoded body on
+/// any other route (where frameworks would read `_method` from it).
+pub fn reads_body(route: &RouteConfig, content_type: Option<&str>) -> bool {
+    route.body.is_some() || is_form_urlencoded(content_type)
+}
+
+/// A body that is read and checked must be checked as sent: a compressed one
+/// would be checked as bytes and decompressed upstream, unseen.
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(GatewayError::BodyRule(BodyRefusal {
+            code: "unsupported_media_type",
+            rule: "content_encoding",
+            pointer: String::new(),
+            status: 415,
+            message: "a checked body must not be content-encoded (identity only)".into(),
+        }));
+    }
+    Ok(())
+}
+
+/// Step 7: the route's body policy on a complete body, and the form check
+/// of [`reads_body`] (no-op when neither applies).
 pub fn check_body<T: Trace>(
     state: &GatewayState,
     progress: &Progress,
@@ -342,11 +411,19 @@ pub fn check_body<T: Trace>(
     body: &[u8],
     trace: &mut T,
 ) -> Result<(), GatewayError> {
-    let Some(policy) = progress
+    let policy = progress
         .route
         .and_then(|r| state.config.routes.get(r))
-        .and_then(|r| r.body.as_ref())
-    else {
+        .and_then(|r| r.body.as_ref());
+    if is_form_urlencoded(content_type) && !policy.is_some_and(|p| p.json) {
+        check_form_body(body)?;
+        passed!(
+            trace,
+            Step::Body,
+            "the form body carries no override or token"
+        );
+    }
+    let Some(policy) = policy else {
         return Ok(());
     };
     let params: Vec<(&str, &str)> = progress

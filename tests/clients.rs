@@ -551,43 +551,70 @@ fn client_rules_enabled_and_ip_filter() {
     cases.finish();
 }
 
+/// A 2xx answer that is not a usable record of the client asked for is a
+/// refusal of that client (403 `invalid_client_record`); a source that does
+/// not answer (5xx, timeout) or refuses the gateway's question (other 4xx)
+/// fails closed with 503. Neither is ever cached.
 #[test]
 fn invalid_or_failing_metadata_fails_closed() {
     let iam = MockIam::start();
-    let bad: Vec<(&str, Vec<u8>)> = vec![
+    let record = |id: &str, extra: Value| {
+        let mut v = json!({"clientId": id, "id": "r"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v.to_string().into_bytes()
+    };
+    let invalid: Vec<(&str, Vec<u8>)> = vec![
         (
             "bad-cidr",
-            json!({"id": "r", "enabled": true, "ipFilterOp": "allow", "ipFilters": ["10.0.0.0/33"]})
-                .to_string()
-                .into_bytes(),
+            record(
+                "bad-cidr",
+                json!({"enabled": true, "ipFilterOp": "allow", "ipFilters": ["10.0.0.0/33"]}),
+            ),
+        ),
+        (
+            "host-bits",
+            record(
+                "host-bits",
+                json!({"enabled": true, "ipFilterOp": "allow", "ipFilters": ["10.1.2.3/8"]}),
+            ),
         ),
         (
             "enabled-yes",
-            json!({"id": "r", "enabled": "yes", "entitlements": []})
-                .to_string()
-                .into_bytes(),
+            record("enabled-yes", json!({"enabled": "yes", "entitlements": []})),
         ),
         (
             "no-enabled",
-            json!({"id": "r", "entitlements": []}).to_string().into_bytes(),
+            record("no-enabled", json!({"entitlements": []})),
         ),
         (
             "bad-op",
-            json!({"id": "r", "enabled": true, "ipFilterOp": "maybe", "ipFilters": []})
-                .to_string()
-                .into_bytes(),
+            record(
+                "bad-op",
+                json!({"enabled": true, "ipFilterOp": "maybe", "ipFilters": []}),
+            ),
         ),
         (
             "ents-string",
-            json!({"id": "r", "enabled": true, "entitlements": "readAPIClients"})
-                .to_string()
-                .into_bytes(),
+            record(
+                "ents-string",
+                json!({"enabled": true, "entitlements": "readAPIClients"}),
+            ),
+        ),
+        (
+            "other-client",
+            record("someone-else", json!({"enabled": true})),
+        ),
+        (
+            "no-client-id",
+            json!({"id": "r", "enabled": true}).to_string().into_bytes(),
         ),
         ("array", b"[1, 2]".to_vec()),
         ("not-json", b"<html>maintenance</html>".to_vec()),
         ("truncated", br#"{"id": "r", "enabled": tr"#.to_vec()),
     ];
-    for (id, body) in &bad {
+    for (id, body) in &invalid {
         iam.put_raw(id, 200, body, Duration::ZERO);
     }
     iam.put_raw("err-500", 500, br#"{"messageId":"x"}"#, Duration::ZERO);
@@ -601,16 +628,29 @@ fn invalid_or_failing_metadata_fails_closed() {
     );
     let env = start_http(&iam, "timeout_ms = 300");
     let mut cases = Cases::new();
-    let ids: Vec<&str> = bad
+    let expected = invalid
         .iter()
-        .map(|(id, _)| *id)
-        .chain(["err-500", "err-503", "err-400", "slow"])
-        .collect();
-    for id in ids {
-        let resp = env.get(READ, &token(id, &[]));
-        cases.refused(id, &resp, 503, "metadata_unavailable", &env.up);
-        if iam.calls_for(id) == 0 {
-            cases.fail(id, "the metadata source was never asked".into());
+        .map(|(id, _)| (*id, 403, "invalid_client_record"))
+        .chain([
+            ("err-500", 503, "metadata_unavailable"),
+            ("err-503", 503, "metadata_unavailable"),
+            ("err-400", 503, "metadata_unavailable"),
+            ("slow", 503, "metadata_unavailable"),
+        ]);
+    for (id, status, code) in expected {
+        // Twice: an unusable answer is never cached, each request asks again.
+        for round in 1..=2 {
+            let resp = env.get(READ, &token(id, &[]));
+            cases.refused(id, &resp, status, code, &env.up);
+            if iam.calls_for(id) != round {
+                cases.fail(
+                    id,
+                    format!(
+                        "round {round}: the source was asked {} time(s)",
+                        iam.calls_for(id)
+                    ),
+                );
+            }
         }
     }
     cases.finish();
@@ -1365,27 +1405,42 @@ fn trusted_proxy_forwarded_for_names_the_client() {
     assert_ok(&resp, &env.up, "trusted hop skipped");
     env.up.clear();
 
-    // RFC 7239 `Forwarded` from a trusted proxy names the client as well.
-    let resp = env.get_with(
-        "/allow-doc/1",
-        &t,
-        &[(
-            "Forwarded",
-            "for=198.51.100.1, for=\"203.0.113.9:4711\";proto=https",
-        )],
-    );
-    assert_ok(&resp, &env.up, "Forwarded: right-most untrusted hop");
-    env.up.clear();
+    // RFC 7239 `Forwarded` is not the configured header (the default is
+    // X-Forwarded-For): it names nobody, and the client is unknown.
+    let forwarded = [(
+        "Forwarded",
+        "for=198.51.100.1, for=\"203.0.113.9:4711\";proto=https",
+    )];
+    let resp = env.get_with("/allow-doc/1", &t, &forwarded);
+    assert_refused(&resp, 403, "ip_denied", &env.up);
 
     // ip_deny uses the same address.
     let resp = env.get_with("/deny-doc/1", &t, &[("X-Forwarded-For", "203.0.113.9")]);
     assert_refused(&resp, 403, "ip_denied", &env.up);
+    // A trusted proxy that names no client: unknown, so IP rules fail
+    // closed (never "the proxy is the client").
     let resp = env.get("/deny-doc/1", &t);
-    assert_ok(
-        &resp,
-        &env.up,
-        "no forwarding header: the peer is the client",
+    assert_refused(&resp, 403, "ip_denied", &env.up);
+    drop(env);
+
+    // With client_ip_header = "forwarded", `Forwarded` names the client.
+    let env = Env::start(Setup {
+        clients: http_clients(&iam, ""),
+        routes: IP_ROUTES,
+        server: &[
+            "trusted_proxies = [\"127.0.0.0/8\"]",
+            "client_ip_header = \"forwarded\"",
+        ],
+        ..Setup::default()
+    });
+    let resp = env.get_with("/allow-doc/1", &t, &forwarded);
+    assert_ok(&resp, &env.up, "Forwarded: right-most untrusted hop");
+    assert_eq!(
+        env.up.last().header_all("forwarded"),
+        vec!["for=203.0.113.9, for=127.0.0.1"],
+        "the believed chain is sent upstream in the same header"
     );
+    assert!(env.up.last().header("x-forwarded-for").is_none());
 }
 
 #[test]
@@ -1442,12 +1497,10 @@ fn client_ip_filter_uses_the_resolved_client_ip() {
     assert_refused(&resp, 403, "client_ip_denied", &env.up);
     let resp = env.get_with(READ, &token("no-doc", &[]), &xff);
     assert_refused(&resp, 403, "client_ip_denied", &env.up);
+    // The trusted peer itself names no client: unknown, and a client's
+    // deny filter fails closed as well.
     let resp = env.get(READ, &token("no-doc", &[]));
-    assert_ok(
-        &resp,
-        &env.up,
-        "deny filter does not match the loopback client",
-    );
+    assert_refused(&resp, 403, "client_ip_denied", &env.up);
     drop(env);
 
     // Without trusted proxies the header is ignored for the client's filter too.
@@ -1577,21 +1630,21 @@ fn response_pointer_and_custom_fields() {
     iam.put(
         "c-on",
         wrap(
-            json!({"uuid": "u-1", "status": {"active": true}, "grants": ["manageAPIClients"],
+            json!({"uuid": "u-1", "app": {"client": "c-on"}, "status": {"active": true}, "grants": ["manageAPIClients"],
                     "filter": {"op": "allow", "list": ["127.0.0.1"]}}),
         ),
     );
     iam.put(
         "c-off",
         wrap(
-            json!({"uuid": "u-2", "status": {"active": false}, "grants": [],
+            json!({"uuid": "u-2", "app": {"client": "c-off"}, "status": {"active": false}, "grants": [],
                     "filter": {"op": null, "list": []}}),
         ),
     );
     iam.put(
         "c-far",
         wrap(
-            json!({"uuid": "u-3", "status": {"active": true}, "grants": [],
+            json!({"uuid": "u-3", "app": {"client": "c-far"}, "status": {"active": true}, "grants": [],
                     "filter": {"op": "allow", "list": ["10.0.0.0/8"]}}),
         ),
     );
@@ -1606,6 +1659,7 @@ entitlements = "/grants"
 ip_filter_op = "/filter/op"
 ip_filters = "/filter/list"
 id = "/uuid"
+client_id = "/app/client"
 "#,
     );
     let resp = env.get("/manage/x", &token("c-on", &["manageAPIClients"]));

@@ -405,7 +405,6 @@ fn connection_cannot_nominate_a_gateway_header_for_removal() {
         "X-Request-Id",
         "X-Forwarded-For",
         "X-Forwarded-Proto",
-        "Host",
     ] {
         w.verify.clear();
         let connection = format!("close, {name}");
@@ -439,6 +438,33 @@ fn connection_cannot_nominate_a_gateway_header_for_removal() {
             }
             _ => {}
         }
+    }
+    // Framing, media type, credential and routing headers cannot even be
+    // nominated: 400, nothing upstream (trust_boundaries.rs covers pinned
+    // and upstream-credential headers).
+    for name in [
+        "Host",
+        "Authorization",
+        "Content-Type",
+        "Content-Length",
+        "authorization",
+        "Content_Type",
+    ] {
+        w.verify.clear();
+        let connection = format!("close, {name}");
+        let resp = w.gw.request(
+            "GET",
+            "/v1.0/apiclients",
+            &[("Authorization", &auth), ("Connection", &connection)],
+            None,
+        );
+        cases.refused(
+            &format!("Connection: {connection}"),
+            &resp,
+            400,
+            "forbidden_header",
+            &w.verify,
+        );
     }
     cases.finish();
 }

@@ -207,7 +207,8 @@ impl JwksRefresher {
                     .saturating_mul(1 << failures.saturating_sub(1).min(16))
                     .min(self.retry_cap)
             };
-            let next = Instant::now() + delay;
+            let now = Instant::now();
+            let next = now.checked_add(delay).unwrap_or(now);
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => break,

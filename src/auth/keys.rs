@@ -526,5 +526,7 @@ fn unix_ms_now() -> u64 {
 }
 
 fn from_unix_ms(ms: u64) -> Option<SystemTime> {
-    (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
+    (ms != 0)
+        .then(|| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .flatten()
 }

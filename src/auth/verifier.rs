@@ -251,20 +251,16 @@ impl Verifier {
         }
         // Miss, or a hit that no longer applies: verify in full (which also
         // produces the precise refusal) and remember the result.
-        let verified = Arc::new(self.verify_uncached(token, accepted, now).await?);
+        // The entry records the fingerprint of the key set that verified the
+        // token, not whatever set is current afterwards: a refresh landing
+        // in between must not vouch for a key it removed.
+        let (verified, key_set) = self.verify_with_key_set(token, accepted, now).await?;
+        let verified = Arc::new(verified);
         if let Some(entry) = self.issuers.get(verified.issuer) {
-            if let Some(set) = entry.keys.current() {
-                let valid_until = verified
-                    .expires_at
-                    .saturating_add(entry.config.leeway_seconds);
-                cache.insert(
-                    digest,
-                    verified.clone(),
-                    set.fingerprint(),
-                    valid_until,
-                    now,
-                );
-            }
+            let valid_until = verified
+                .expires_at
+                .saturating_add(entry.config.leeway_seconds);
+            cache.insert(digest, verified.clone(), key_set, valid_until, now);
         }
         Ok(verified)
     }
@@ -288,6 +284,19 @@ impl Verifier {
         accepted: &[usize],
         now: u64,
     ) -> Result<VerifiedToken, GatewayError> {
+        self.verify_with_key_set(token, accepted, now)
+            .await
+            .map(|(verified, _)| verified)
+    }
+
+    /// Full verification; also returns the fingerprint of the key set whose
+    /// key checked the signature.
+    async fn verify_with_key_set(
+        &self,
+        token: &str,
+        accepted: &[usize],
+        now: u64,
+    ) -> Result<(VerifiedToken, [u8; 32]), GatewayError> {
         let parts = TokenParts::split(token)?;
         let mut decoded = Vec::with_capacity((parts.header.len() + parts.claims.len()) * 3 / 4 + 2);
         let header = decode_object(parts.header, &mut decoded)?;
@@ -328,6 +337,7 @@ impl Verifier {
         if !key.verify(head.alg, signed, parts.signature) {
             return Err(fault(TokenFault::BadSignature));
         }
+        let key_set = set.fingerprint();
         drop(set);
 
         // 7-8: time and audience, now that the claims are known to be signed.
@@ -358,14 +368,17 @@ impl Verifier {
                 kept
             }
         };
-        Ok(VerifiedToken {
-            issuer: index,
-            claims,
-            subject,
-            client_id,
-            entitlements,
-            expires_at,
-        })
+        Ok((
+            VerifiedToken {
+                issuer: index,
+                claims,
+                subject,
+                client_id,
+                entitlements,
+                expires_at,
+            },
+            key_set,
+        ))
     }
 
     /// The first issuer entry with this `iss` that the route accepts and

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
+use super::meta::ids_equal;
 use super::source::{HttpSource, Lookup, Source};
 
 /// Cache lifetimes.
@@ -94,11 +95,16 @@ impl ClientDirectory {
     }
 
     fn fresh(&self, entry: &Entry) -> bool {
-        let ttl = match entry.lookup {
+        entry.age() < self.ttl(entry)
+    }
+
+    fn ttl(&self, entry: &Entry) -> Duration {
+        match entry.lookup {
             Lookup::Found(_) => self.policy.ttl,
             Lookup::NotFound => self.policy.negative_ttl,
-        };
-        entry.age() < ttl
+            // Never cached (see `load`); expired at once if it ever were.
+            Lookup::Invalid(_) | Lookup::SourceRefused(_) => Duration::ZERO,
+        }
     }
 
     /// The metadata of `client_id`.
@@ -125,11 +131,13 @@ impl ClientDirectory {
     async fn load(&self, http: &HttpSource, client_id: &str) -> Result<Lookup, SourceFailure> {
         let arrival = Instant::now();
         let mut served_stale = false;
+        let mut refused: Option<Lookup> = None;
         let result = self
             .cache
             .entry_by_ref(client_id)
             .and_try_compute_with(|current| {
                 let served_stale = &mut served_stale;
+                let refused = &mut refused;
                 async move {
                     if let Some(current) = &current {
                         // Someone else refreshed it while we waited for the key lock.
@@ -153,6 +161,19 @@ impl ClientDirectory {
                         }
                     };
                     match outcome {
+                        // The source answered with nothing usable: refuse this
+                        // request, cache nothing, and drop the older record so
+                        // it can never be served stale in the answer's place.
+                        Ok(lookup) if lookup.refusal().is_some() => {
+                            let reason = lookup.refusal().unwrap_or_default();
+                            tracing::warn!(client_id, reason, "client metadata answer refused");
+                            *refused = Some(lookup);
+                            Ok(if current.is_some() {
+                                Op::Remove
+                            } else {
+                                Op::Nop
+                            })
+                        }
                         Ok(lookup) => Ok(Op::Put(Entry {
                             fetched: Instant::now(),
                             lookup,
@@ -180,6 +201,9 @@ impl ClientDirectory {
         if served_stale {
             self.stats.stale_serves.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(lookup) = refused {
+            return Ok(lookup);
+        }
         match result {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
                 Ok(e.into_value().lookup)
@@ -191,25 +215,29 @@ impl ClientDirectory {
     }
 
     fn stale_limit(&self, entry: &Entry) -> Duration {
-        let ttl = match entry.lookup {
-            Lookup::Found(_) => self.policy.ttl,
-            Lookup::NotFound => self.policy.negative_ttl,
-        };
-        ttl + self.policy.stale_if_error
+        match entry.lookup {
+            Lookup::Invalid(_) | Lookup::SourceRefused(_) => Duration::ZERO,
+            _ => self.ttl(entry) + self.policy.stale_if_error,
+        }
     }
 
     /// Evict the client named `name` — by client id, or by the record id its
-    /// metadata carries. Returns how many entries went.
-    pub async fn invalidate(&self, name: &str) -> usize {
+    /// metadata carries, compared as the IAM service compares them (see
+    /// [`ids_equal`]). Returns how many entries went.
+    pub async fn invalidate(&self, name: &str, case_insensitive: bool) -> usize {
         let mut keys: Vec<String> = Vec::new();
         if self.cache.contains_key(name) {
             keys.push(name.to_string());
         }
         for (key, entry) in self.cache.iter() {
-            if let Lookup::Found(meta) = &entry.lookup {
-                if meta.id.as_deref() == Some(name) && key.as_str() != name {
-                    keys.push(key.as_ref().clone());
-                }
+            if key.as_str() == name {
+                continue;
+            }
+            let by_key = ids_equal(key.as_str(), name, case_insensitive);
+            let by_record = matches!(&entry.lookup, Lookup::Found(meta)
+                if meta.id.as_deref().is_some_and(|id| ids_equal(id, name, case_insensitive)));
+            if by_key || by_record {
+                keys.push(key.as_ref().clone());
             }
         }
         for key in &keys {

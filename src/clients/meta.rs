@@ -70,6 +70,10 @@ pub struct FieldPointers {
     pub ip_filter_op: String,
     pub ip_filters: String,
     pub id: String,
+    /// Where the record names its OAuth client id; a record naming another
+    /// client is refused. Empty: the source addresses the client by its
+    /// URL alone and the record carries no client id.
+    pub client_id: String,
 }
 
 impl Default for FieldPointers {
@@ -81,22 +85,43 @@ impl Default for FieldPointers {
             ip_filter_op: "/ipFilterOp".into(),
             ip_filters: "/ipFilters".into(),
             id: "/id".into(),
+            client_id: "/clientId".into(),
         }
     }
 }
 
 /// Read a client object. Anything that is not a valid client — wrong types,
-/// an unknown `ipFilterOp`, a bad address in `ipFilters` — is an error, never
-/// a permissive default.
+/// an unknown `ipFilterOp`, a bad address in `ipFilters`, another client's
+/// record — is an error, never a permissive default. One exception: a
+/// record of this client that readably says `enabled: false` is a disabled
+/// client whatever else is wrong with it, so a half-broken record can never
+/// keep a disabled client alive.
 pub fn from_json(client_id: &str, object: &Value, f: &FieldPointers) -> Result<ClientMeta, String> {
     if !object.is_object() {
         return Err("the client is not a JSON object".into());
+    }
+    if !f.client_id.is_empty() {
+        match object.pointer(&f.client_id) {
+            Some(Value::String(named)) if ids_equal(named, client_id, false) => {}
+            Some(Value::String(_)) => return Err(format!("{} names another client", f.client_id)),
+            Some(_) => return Err(format!("{} is not a string", f.client_id)),
+            None => return Err(format!("{} is missing", f.client_id)),
+        }
     }
     let enabled = match object.pointer(&f.enabled) {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(format!("{} is not a boolean", f.enabled)),
         None => return Err(format!("{} is missing", f.enabled)),
     };
+    if !enabled {
+        return Ok(ClientMeta {
+            client_id: client_id.to_string(),
+            id: record_id(object, f).ok().flatten(),
+            enabled: false,
+            entitlements: Vec::new(),
+            ip_filter: IpFilter::Off,
+        });
+    }
     let entitlements = string_list(object.pointer(&f.entitlements), &f.entitlements)?;
     let filters = string_list(object.pointer(&f.ip_filters), &f.ip_filters)?;
     let parse_filters = || -> Result<IpList, String> {
@@ -117,12 +142,7 @@ pub fn from_json(client_id: &str, object: &Value, f: &FieldPointers) -> Result<C
             ))
         }
     };
-    let id = match object.pointer(&f.id) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err(format!("{} is not a string", f.id)),
-    };
+    let id = record_id(object, f)?;
     Ok(ClientMeta {
         client_id: client_id.to_string(),
         id,
@@ -130,6 +150,32 @@ pub fn from_json(client_id: &str, object: &Value, f: &FieldPointers) -> Result<C
         entitlements,
         ip_filter,
     })
+}
+
+fn record_id(object: &Value, f: &FieldPointers) -> Result<Option<String>, String> {
+    match object.pointer(&f.id) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(format!("{} is not a string", f.id)),
+    }
+}
+
+/// Whether two client identifiers name the same client as the IAM service
+/// compares them: exactly, or ignoring ASCII case when `case_insensitive`
+/// or when both are UUIDs (RFC 9562 §4: UUIDs compare case-insensitively).
+pub fn ids_equal(a: &str, b: &str, case_insensitive: bool) -> bool {
+    a == b || ((case_insensitive || (is_uuid(a) && is_uuid(b))) && a.eq_ignore_ascii_case(b))
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 fn string_list(value: Option<&Value>, pointer: &str) -> Result<Vec<String>, String> {
@@ -174,37 +220,75 @@ mod tests {
 
     #[test]
     fn deny_filter_and_disabled() {
-        let v = json!({"enabled": false, "ipFilterOp": "deny", "ipFilters": ["127.0.0.1"]});
-        let m = from_json("c", &v, &FieldPointers::default()).unwrap();
+        let f = FieldPointers::default();
+        let v = json!({"clientId": "c", "enabled": false, "ipFilterOp": "deny", "ipFilters": ["127.0.0.1"]});
+        let m = from_json("c", &v, &f).unwrap();
         assert_eq!(m.admit(ip("10.0.0.1")), Err(GatewayError::ClientDisabled));
-        let v = json!({"enabled": true, "ipFilterOp": "deny", "ipFilters": ["127.0.0.1"]});
-        let m = from_json("c", &v, &FieldPointers::default()).unwrap();
+        let v = json!({"clientId": "c", "enabled": true, "ipFilterOp": "deny", "ipFilters": ["127.0.0.1"]});
+        let m = from_json("c", &v, &f).unwrap();
         assert_eq!(m.admit(ip("127.0.0.1")), Err(GatewayError::ClientIpDenied));
         assert!(m.admit(ip("127.0.0.2")).is_ok());
-        let v = json!({"enabled": true, "ipFilterOp": null, "ipFilters": ["nonsense"]});
-        assert!(from_json("c", &v, &FieldPointers::default())
-            .unwrap()
-            .admit(None)
-            .is_ok());
+        let v = json!({"clientId": "c", "enabled": true, "ipFilterOp": null, "ipFilters": ["nonsense"]});
+        assert!(from_json("c", &v, &f).unwrap().admit(None).is_ok());
+    }
+
+    #[test]
+    fn a_readable_disabled_flag_wins_over_everything_else() {
+        let f = FieldPointers::default();
+        for v in [
+            json!({"clientId": "c", "enabled": false, "ipFilters": ["10.1.2.3/8"], "ipFilterOp": "allow"}),
+            json!({"clientId": "c", "enabled": false, "entitlements": "x", "ipFilterOp": "maybe"}),
+            json!({"clientId": "c", "id": "r-1", "enabled": false, "id": {"x": 1}}),
+        ] {
+            let m = from_json("c", &v, &f).unwrap();
+            assert!(!m.enabled, "{v}");
+            assert_eq!(m.admit(ip("10.0.0.1")), Err(GatewayError::ClientDisabled));
+        }
+    }
+
+    #[test]
+    fn the_record_must_name_the_client_asked_for() {
+        let f = FieldPointers::default();
+        let other = json!({"clientId": "other", "enabled": true});
+        assert!(from_json("c", &other, &f)
+            .unwrap_err()
+            .contains("another client"));
+        // Even a disabled record of another client says nothing about this one.
+        let other = json!({"clientId": "other", "enabled": false});
+        assert!(from_json("c", &other, &f).is_err());
+        assert!(from_json("c", &json!({"enabled": true}), &f).is_err());
+        assert!(from_json("c", &json!({"clientId": 7, "enabled": true}), &f).is_err());
+        // UUIDs compare case-insensitively; other ids exactly.
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let upper = json!({"clientId": uuid.to_uppercase(), "enabled": true});
+        assert!(from_json(uuid, &upper, &f).is_ok());
+        assert!(from_json("C", &json!({"clientId": "c", "enabled": true}), &f).is_err());
+        // An empty pointer turns the check off (the URL alone names the client).
+        let unchecked = FieldPointers {
+            client_id: String::new(),
+            ..FieldPointers::default()
+        };
+        assert!(from_json("c", &json!({"enabled": true}), &unchecked).is_ok());
     }
 
     #[test]
     fn invalid_clients_are_errors_not_defaults() {
         let f = FieldPointers::default();
         for bad in [
-            json!({}),
-            json!({"enabled": "yes"}),
-            json!({"enabled": true, "entitlements": "manageAPIClients"}),
-            json!({"enabled": true, "entitlements": [1]}),
-            json!({"enabled": true, "ipFilterOp": "allow", "ipFilters": ["10.0.0.0/33"]}),
-            json!({"enabled": true, "ipFilterOp": "maybe"}),
-            json!({"enabled": true, "id": {"x": 1}}),
+            json!({"clientId": "c"}),
+            json!({"clientId": "c", "enabled": "yes"}),
+            json!({"clientId": "c", "enabled": true, "entitlements": "manageAPIClients"}),
+            json!({"clientId": "c", "enabled": true, "entitlements": [1]}),
+            json!({"clientId": "c", "enabled": true, "ipFilterOp": "allow", "ipFilters": ["10.0.0.0/33"]}),
+            json!({"clientId": "c", "enabled": true, "ipFilterOp": "allow", "ipFilters": ["10.1.2.3/8"]}),
+            json!({"clientId": "c", "enabled": true, "ipFilterOp": "maybe"}),
+            json!({"clientId": "c", "enabled": true, "id": {"x": 1}}),
             json!([1, 2]),
         ] {
             assert!(from_json("c", &bad, &f).is_err(), "{bad}");
         }
         // An allow filter with no entries admits nobody.
-        let v = json!({"enabled": true, "ipFilterOp": "allow"});
+        let v = json!({"clientId": "c", "enabled": true, "ipFilterOp": "allow"});
         let m = from_json("c", &v, &f).unwrap();
         assert!(m.admit(ip("127.0.0.1")).is_err());
     }

@@ -13,6 +13,10 @@ use crate::config::model::Secret;
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
 /// Lifetime assumed when the token endpoint gives no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// The longest a token is kept, whatever `expires_in` says: a hostile or
+/// broken endpoint cannot make the gateway keep a token for ever (or
+/// overflow the clock arithmetic with `expires_in = 2^64 - 1`).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// How the gateway authenticates to a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,17 @@ pub enum Credential {
 pub struct TokenSource {
     credential: Credential,
     cached: Mutex<Option<(String, Instant)>>,
+}
+
+/// When to ask for a new token: before the announced expiry, by
+/// [`RENEW_MARGIN`] (or half the lifetime for short-lived tokens), with the
+/// lifetime capped at [`MAX_LIFETIME`]. Never overflows.
+fn renew_deadline(now: Instant, expires_in: Option<u64>) -> Instant {
+    let lifetime = expires_in
+        .map(|s| Duration::from_secs(s).min(MAX_LIFETIME))
+        .unwrap_or(DEFAULT_LIFETIME);
+    let keep = lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
+    now.checked_add(keep).unwrap_or(now)
 }
 
 #[derive(Deserialize)]
@@ -105,16 +120,33 @@ impl TokenSource {
                     .json()
                     .await
                     .map_err(|_| "token endpoint answer is not a token response".to_string())?;
-                let lifetime = body
-                    .expires_in
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_LIFETIME);
-                let renew_at =
-                    Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
+                let renew_at = renew_deadline(Instant::now(), body.expires_in);
                 let header = format!("Bearer {}", body.access_token);
                 *cached = Some((body.access_token, renew_at));
                 Ok(Some(header))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_capped_and_never_overflows() {
+        let now = Instant::now();
+        let at = renew_deadline(now, Some(u64::MAX));
+        assert!(at > now && at <= now + MAX_LIFETIME);
+        assert_eq!(
+            renew_deadline(now, Some(3600)),
+            now + Duration::from_secs(3570)
+        );
+        assert_eq!(renew_deadline(now, Some(20)), now + Duration::from_secs(10));
+        assert_eq!(renew_deadline(now, Some(0)), now);
+        assert_eq!(
+            renew_deadline(now, None),
+            now + DEFAULT_LIFETIME - RENEW_MARGIN
+        );
     }
 }

@@ -28,6 +28,25 @@ pub enum Lookup {
     Found(Arc<ClientMeta>),
     /// The source answered that no such client exists.
     NotFound,
+    /// The source answered, but not with a usable record of this client
+    /// (why, for the log). An answer is not an outage: the directory never
+    /// caches it and never serves an older record in its place.
+    Invalid(Arc<str>),
+    /// The source refused the gateway's question (a 4xx other than 404, 408
+    /// or 429: the gateway's credential is rejected, the URL is wrong). Not an
+    /// outage either: nothing cached, nothing served stale, 503.
+    SourceRefused(Arc<str>),
+}
+
+impl Lookup {
+    /// Why an answer refuses the request without being a fact to cache
+    /// ([`Lookup::Invalid`], [`Lookup::SourceRefused`]).
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Lookup::Invalid(reason) | Lookup::SourceRefused(reason) => Some(reason),
+            Lookup::Found(_) | Lookup::NotFound => None,
+        }
+    }
 }
 
 pub enum Source {
@@ -46,8 +65,10 @@ pub struct HttpSource {
 }
 
 impl HttpSource {
-    /// Ask the service. `Err` is a failure of the source (unreachable,
-    /// timeout, 5xx, an answer that is not a valid client) — never "allow".
+    /// Ask the service. `Err` is an outage of the source (unreachable,
+    /// timeout, a body cut short, 5xx, 408, 429) — never "allow". Any other
+    /// answer is final for this request: found, not found (404 or nothing at
+    /// `response_pointer`), [`Lookup::Invalid`] or [`Lookup::SourceRefused`].
     pub async fn fetch(&self, client_id: &str) -> Result<Lookup, String> {
         // URL parsers resolve `.`/`..` segments even percent-encoded, so such
         // an id could address another resource: no client can have it.
@@ -66,19 +87,33 @@ impl HttpSource {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(Lookup::NotFound);
         }
-        if !status.is_success() {
+        if status.is_server_error()
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        {
             return Err(format!("metadata source answered {}", status.as_u16()));
         }
-        let body = read_limited(resp).await?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| "metadata answer is not JSON".to_string())?;
+        if !status.is_success() {
+            return Ok(Lookup::SourceRefused(
+                format!("metadata source answered {}", status.as_u16()).into(),
+            ));
+        }
+        let body = match read_limited(resp).await? {
+            Some(body) => body,
+            None => return Ok(invalid("metadata answer too large".into())),
+        };
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return Ok(invalid("metadata answer is not JSON".into()));
+        };
         // A search endpoint answers 200 with an empty list for an unknown
         // client: nothing at the pointer is "no such client", as a 404 is.
         let Some(object) = doc.pointer(&self.response_pointer) else {
             return Ok(Lookup::NotFound);
         };
-        let meta = from_json(client_id, object, &self.fields)?;
-        Ok(Lookup::Found(Arc::new(meta)))
+        Ok(match from_json(client_id, object, &self.fields) {
+            Ok(meta) => Lookup::Found(Arc::new(meta)),
+            Err(reason) => invalid(reason),
+        })
     }
 
     async fn get(&self, url: &str, renew: bool) -> Result<reqwest::Response, String> {
@@ -101,7 +136,13 @@ impl HttpSource {
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+fn invalid(reason: String) -> Lookup {
+    Lookup::Invalid(reason.into())
+}
+
+/// The whole answer; `None` when it is larger than [`MAX_ANSWER_BYTES`];
+/// `Err` when the transfer fails (an outage, not an answer).
+async fn read_limited(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
@@ -109,11 +150,11 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("metadata answer cut short: {}", e.without_url()))?
     {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err("metadata answer too large".into());
+            return Ok(None);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Some(body))
 }
 
 #[cfg(test)]

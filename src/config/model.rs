@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub tls: Option<TlsSettings>,
     pub threads: usize,
     pub trusted_proxies: IpList,
+    /// The one header a trusted proxy's client address is read from.
+    pub client_ip_header: crate::policy::client_ip::ClientIpHeader,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -218,6 +220,9 @@ pub struct RouteConfig {
     pub invalidates_client: Option<String>,
     /// Path parameter that must not name the caller itself.
     pub deny_self: Option<String>,
+    /// Compare the ids named by `deny_self` / `invalidates_client` ignoring
+    /// ASCII case (UUID-shaped ids always are).
+    pub ids_case_insensitive: bool,
     /// Request headers pinned to token claims.
     pub pin_headers: Vec<PinHeader>,
     /// `[routes.body]`, compiled.

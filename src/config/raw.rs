@@ -63,6 +63,7 @@ pub struct RawClientFields {
     pub ip_filter_op: Option<String>,
     pub ip_filters: Option<String>,
     pub id: Option<String>,
+    pub client_id: Option<String>,
 }
 
 /// `[[clients.static]]`
@@ -95,6 +96,7 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     pub threads: Option<i64>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub client_ip_header: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
@@ -181,6 +183,8 @@ pub struct RawRoute {
     pub read_timeout_ms: Option<i64>,
     pub deny_self: Option<String>,
     pub invalidates_client: Option<String>,
+    #[serde(default)]
+    pub ids_case_insensitive: bool,
     pub pin_headers: Option<std::collections::BTreeMap<String, String>>,
     pub body: Option<RawBody>,
 }

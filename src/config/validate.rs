@@ -19,6 +19,7 @@ use super::raw::*;
 use super::{ConfigError, Loaded};
 use crate::policy::body::{BodyPolicy, CatalogRef};
 use crate::policy::catalog::Catalog;
+use crate::policy::client_ip::ClientIpHeader;
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
 use crate::routing::{PathTemplate, RouteSpec, RouteTable};
@@ -291,6 +292,16 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         "server.trusted_proxies",
         errs,
     );
+    let client_ip_header = match raw.client_ip_header.as_deref() {
+        None => ClientIpHeader::default(),
+        Some(text) => ClientIpHeader::parse(text).unwrap_or_else(|| {
+            errs.push(
+                "server.client_ip_header",
+                format!("{text:?} is not \"x-forwarded-for\" or \"forwarded\""),
+            );
+            ClientIpHeader::default()
+        }),
+    };
     // Pingora parses at most 256 headers (more is its own 400); 1 MiB of header bytes.
     let max_headers = positive(raw.max_headers, 100, 256, "server.max_headers", errs) as usize;
     let max_header_bytes = positive(
@@ -354,6 +365,7 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         tls,
         threads,
         trusted_proxies: trusted_proxies.unwrap_or_default(),
+        client_ip_header,
         max_body_bytes,
         max_header_bytes,
         max_headers,
@@ -885,6 +897,7 @@ fn clients_config(raw: RawClients, errs: &mut Errors) -> Option<ClientsConfig> {
                 ip_filter_op: f.ip_filter_op.unwrap_or(defaults.ip_filter_op),
                 ip_filters: f.ip_filters.unwrap_or(defaults.ip_filters),
                 id: f.id.unwrap_or(defaults.id),
+                client_id: f.client_id.unwrap_or(defaults.client_id),
             };
             for (key, ptr) in [
                 ("enabled", &fields.enabled),
@@ -895,6 +908,13 @@ fn clients_config(raw: RawClients, errs: &mut Errors) -> Option<ClientsConfig> {
             ] {
                 json_pointer(ptr, &format!("{p}.fields.{key}"), false, errs);
             }
+            // Empty: the record carries no client id to check.
+            json_pointer(
+                &fields.client_id,
+                &format!("{p}.fields.client_id"),
+                true,
+                errs,
+            );
             ClientSourceConfig::Http {
                 url,
                 response_pointer,
@@ -1267,6 +1287,7 @@ fn route_config(
         read_timeout,
         deny_self: raw.deny_self,
         invalidates_client: raw.invalidates_client,
+        ids_case_insensitive: raw.ids_case_insensitive,
         pin_headers,
         body,
     })

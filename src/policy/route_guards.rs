@@ -4,6 +4,7 @@
 use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
+use crate::clients::meta::ids_equal;
 use crate::config::model::PinHeader;
 use crate::error::{BodyRefusal, GatewayError};
 
@@ -14,6 +15,7 @@ pub fn deny_self(
     param_name: &str,
     param_value: Option<&str>,
     caller_ids: &[&str],
+    case_insensitive: bool,
 ) -> Result<(), GatewayError> {
     let Some(value) = param_value else {
         return Ok(());
@@ -21,9 +23,13 @@ pub fn deny_self(
     let decoded = percent_encoding::percent_decode_str(value)
         .decode_utf8()
         .ok();
-    let is_self = caller_ids
-        .iter()
-        .any(|id| !id.is_empty() && (*id == value || decoded.as_deref() == Some(*id)));
+    let same = |id: &str| {
+        ids_equal(id, value, case_insensitive)
+            || decoded
+                .as_deref()
+                .is_some_and(|d| ids_equal(id, d, case_insensitive))
+    };
+    let is_self = caller_ids.iter().any(|id| !id.is_empty() && same(id));
     if is_self {
         return Err(GatewayError::BodyRule(BodyRefusal {
             code: "self_modification",
@@ -36,8 +42,10 @@ pub fn deny_self(
     Ok(())
 }
 
-/// `pin_headers`: each pinned header must equal its token claim; a header
-/// the client did not send is returned so the gateway sets it from the claim.
+/// `pin_headers`: each pinned header the client sent must equal its token
+/// claim. Returns every pinned header with its claim value: the gateway sets
+/// them all upstream, after hop-by-hop stripping, so what the upstream sees
+/// never depends on the client having sent them.
 pub fn check_pins(
     pins: &[PinHeader],
     headers: &HeaderMap,
@@ -59,11 +67,12 @@ pub fn check_pins(
         };
         let mut values = headers.get_all(&pin.header).iter();
         match (values.next(), values.next()) {
-            (None, _) => to_set.push((pin.header.clone(), claim)),
+            (None, _) => {}
             (Some(v), None) if v.as_bytes() == claim.as_bytes() => {}
             (Some(_), None) => return Err(refuse("the header does not match the token")),
             (Some(_), Some(_)) => return Err(refuse("the header is sent more than once")),
         }
+        to_set.push((pin.header.clone(), claim));
     }
     Ok(to_set)
 }
@@ -99,12 +108,18 @@ mod tests {
 
     #[test]
     fn deny_self_matches_client_id_or_record_id() {
-        assert!(deny_self("id", Some("rec-1"), &["client-a", "rec-1"]).is_err());
-        assert!(deny_self("id", Some("client-a"), &["client-a", "rec-1"]).is_err());
-        assert!(deny_self("id", Some("client%2Da"), &["client-a"]).is_err());
-        assert!(deny_self("id", Some("other"), &["client-a", "rec-1"]).is_ok());
-        assert!(deny_self("id", Some(""), &[""]).is_ok());
-        let err = deny_self("id", Some("rec-1"), &["rec-1"]).unwrap_err();
+        assert!(deny_self("id", Some("rec-1"), &["client-a", "rec-1"], false).is_err());
+        assert!(deny_self("id", Some("client-a"), &["client-a", "rec-1"], false).is_err());
+        assert!(deny_self("id", Some("client%2Da"), &["client-a"], false).is_err());
+        assert!(deny_self("id", Some("other"), &["client-a", "rec-1"], false).is_ok());
+        assert!(deny_self("id", Some(""), &[""], false).is_ok());
+        // UUIDs compare case-insensitively; other ids only when the route says so.
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert!(deny_self("id", Some(&uuid.to_uppercase()), &[uuid], false).is_err());
+        assert!(deny_self("id", Some("REC-1"), &["rec-1"], false).is_ok());
+        assert!(deny_self("id", Some("REC-1"), &["rec-1"], true).is_err());
+        assert!(deny_self("id", Some("%52EC-1"), &["rec-1"], true).is_err());
+        let err = deny_self("id", Some("rec-1"), &["rec-1"], false).unwrap_err();
         assert_eq!(err.status(), 403);
         assert_eq!(err.code(), "self_modification");
     }
@@ -122,7 +137,8 @@ mod tests {
             )]
         );
         h.insert("slashid-orgid", "org-1".parse().unwrap());
-        assert!(check_pins(&pins, &h, &c).unwrap().is_empty());
+        // Sent and matching: still set from the claim.
+        assert_eq!(check_pins(&pins, &h, &c).unwrap().len(), 1);
         h.insert("slashid-orgid", "org-2".parse().unwrap());
         assert_eq!(
             check_pins(&pins, &h, &c).unwrap_err().code(),

@@ -11,6 +11,9 @@ use http::header::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
 use crate::config::model::{RouteConfig, UpstreamAuth, UpstreamConfig};
+use crate::policy::client_ip::{believed_chain, ClientIpHeader};
+use crate::policy::ip::IpList;
+use crate::routing::target::alias_eq;
 
 /// Standard hop-by-hop fields (RFC 9110 §7.6.1) plus legacy ones. Framing
 /// (`Transfer-Encoding`, `Content-Length`) is left to pingora, which reframes
@@ -30,14 +33,28 @@ const HOP_BY_HOP: &[&str] = &[
 /// removing them would change framing or routing, not hop-by-hop metadata.
 const NOT_NOMINATABLE: &[&str] = &["content-length", "transfer-encoding", "host"];
 
-/// Client-controlled forwarding headers: replaced, never trusted blindly.
+/// Client-controlled forwarding headers: removed in every spelling (`_` for
+/// `-`, which CGI-style servers read alike), then the gateway sets its own
+/// `X-Forwarded-For` or `Forwarded` (per `server.client_ip_header`),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`. The rest are client-address
+/// and routing claims some upstream framework might believe; the gateway
+/// never vouches for them.
 const FORWARDING: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
-    "x-forwarded-port",
     "forwarded",
     "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-forwarded-for",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
 ];
 
 pub const CLIENT_ID: &str = "x-portcullis-client-id";
@@ -54,8 +71,12 @@ pub struct Forwarding<'a> {
     pub subject: Option<&'a str>,
     /// Socket peer (canonical).
     pub peer: Option<IpAddr>,
-    /// Whether the peer is a trusted proxy (its X-Forwarded-For chain is kept).
+    /// Whether the peer is a trusted proxy (what its chain vouches for is kept).
     pub peer_trusted: bool,
+    pub trusted_proxies: &'a IpList,
+    pub client_ip_header: ClientIpHeader,
+    /// Headers pinned to token claims (`pin_headers`): set last, always.
+    pub pinned: &'a [(HeaderName, String)],
     /// `http` or `https`, from the listener.
     pub proto: &'static str,
 }
@@ -68,20 +89,12 @@ pub fn prepare(
     f: &Forwarding<'_>,
 ) -> pingora_error::Result<()> {
     // 1. Names nominated in Connection (read from the client's request: pingora
-    //    may already have dropped `Connection` from the upstream copy).
-    for value in downstream.headers.get_all(http::header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.is_empty() {
-                continue;
-            }
-            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
-                continue;
-            };
-            if !NOT_NOMINATABLE.contains(&name.as_str()) {
-                upstream.remove_header(&name);
-            }
+    //    may already have dropped `Connection` from the upstream copy). The
+    //    pipeline already refused nominations of pinned, credential and
+    //    framing headers; whatever else is nominated goes.
+    for name in nominated(downstream) {
+        if !NOT_NOMINATABLE.contains(&name.as_str()) {
+            upstream.remove_header(&name);
         }
     }
     // 2. Hop-by-hop.
@@ -104,23 +117,17 @@ pub fn prepare(
             upstream.remove_header(&name);
         }
     }
-    // 4. Forwarding headers: keep a trusted proxy's chain, replace anyone else's.
-    let prior_chain = if f.peer_trusted {
-        join_values(downstream, "x-forwarded-for")
-    } else {
-        None
-    };
+    // 4. Forwarding headers: from a trusted proxy, what its chain vouches
+    //    for (parsed, never copied byte for byte); from anyone else, nothing.
+    let believed = f
+        .peer_trusted
+        .then(|| believed_chain(&downstream.headers, f.trusted_proxies, f.client_ip_header));
     // A HeaderValue clone shares the bytes: no copy.
     let forwarded_host = downstream.headers.get(http::header::HOST).cloned();
-    for name in FORWARDING {
-        upstream.remove_header(*name);
-    }
+    remove_aliased(upstream, FORWARDING);
     if let Some(peer) = f.peer {
-        let xff = match prior_chain {
-            Some(chain) => format!("{chain}, {peer}"),
-            None => peer.to_string(),
-        };
-        upstream.insert_header("x-forwarded-for", xff)?;
+        let value = forwarding_value(f.client_ip_header, believed, peer);
+        upstream.insert_header(f.client_ip_header.name(), value)?;
     }
     upstream.insert_header("x-forwarded-proto", f.proto)?;
     if let Some(host) = forwarded_host {
@@ -161,19 +168,74 @@ pub fn prepare(
             None => {}
         }
     }
+    // 7. Pinned headers, from the token's claims: after every removal, so
+    //    nothing the client sent (a `Connection` nomination, an alias) can
+    //    leave the upstream without them.
+    for (name, value) in f.pinned {
+        upstream.insert_header(name.clone(), value.as_str())?;
+    }
     Ok(())
 }
 
-fn join_values(req: &RequestHeader, name: &str) -> Option<String> {
+/// The header names the client nominated in `Connection`, read as bytes
+/// (a value that is not valid text still nominates its valid tokens).
+pub fn nominated(req: &RequestHeader) -> impl Iterator<Item = HeaderName> + '_ {
+    req.headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| {
+            let token = token.trim_ascii();
+            (!token.is_empty())
+                .then(|| HeaderName::from_bytes(token).ok())
+                .flatten()
+        })
+}
+
+/// Remove every header whose name is one of `names` once `_` is read as `-`.
+fn remove_aliased(upstream: &mut RequestHeader, names: &[&str]) {
+    let doomed: Vec<HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|n| names.iter().any(|want| alias_eq(n.as_str(), want)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        upstream.remove_header(&name);
+    }
+}
+
+/// The forwarding header sent upstream: the client the gateway believes
+/// (`unknown` when it could not tell, never a trusted proxy in its place),
+/// the trusted hops after it, and the socket peer.
+fn forwarding_value(
+    header: ClientIpHeader,
+    believed: Option<(Option<IpAddr>, Vec<IpAddr>)>,
+    peer: IpAddr,
+) -> String {
     let mut out = String::new();
-    for v in req.headers.get_all(name) {
-        let Ok(text) = v.to_str() else { return None };
+    let mut push = |hop: Option<IpAddr>| {
         if !out.is_empty() {
             out.push_str(", ");
         }
-        out.push_str(text.trim());
+        match (header, hop) {
+            (ClientIpHeader::XForwardedFor, Some(ip)) => out.push_str(&ip.to_string()),
+            (ClientIpHeader::XForwardedFor, None) => out.push_str("unknown"),
+            (ClientIpHeader::Forwarded, Some(IpAddr::V6(ip))) => {
+                out.push_str(&format!("for=\"[{ip}]\""))
+            }
+            (ClientIpHeader::Forwarded, Some(ip)) => out.push_str(&format!("for={ip}")),
+            (ClientIpHeader::Forwarded, None) => out.push_str("for=unknown"),
+        }
+    };
+    if let Some((client, hops)) = believed {
+        push(client);
+        for hop in hops {
+            push(Some(hop));
+        }
     }
-    (!out.is_empty()).then_some(out)
+    push(Some(peer));
+    out
 }
 
 /// Set a gateway header from a claim value. A value that cannot be a header

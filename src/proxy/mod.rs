@@ -88,23 +88,32 @@ impl Gateway {
         };
         pipeline::admit_head(state, &head, now, &mut ctx.progress, &mut NoTrace).await?;
 
-        // 7b. The body policy: read the whole body (bounded) before anything
-        //     goes upstream, then check it.
-        let Some(policy) = ctx
-            .progress
-            .route
-            .and_then(|r| state.config.routes.get(r))
-            .and_then(|r| r.body.as_ref())
-        else {
-            return Ok(());
-        };
+        // 7b. The body policy (or a form body's check): read the whole body
+        //     (bounded) before anything goes upstream, then check it.
         let content_type = req
             .headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body =
-            body::read_bounded(session, policy.max_bytes, state.config.server.body_timeout).await?;
+            .and_then(|v| v.to_str().ok());
+        let Some(route) = ctx
+            .progress
+            .route
+            .and_then(|r| state.config.routes.get(r))
+            .filter(|r| pipeline::reads_body(r, content_type))
+        else {
+            return Ok(());
+        };
+        let content_type = content_type.map(str::to_string);
+        // A form on a route without a body policy is bounded by what can be
+        // replayed (pingora's retry buffer).
+        let max_bytes = route.body.as_ref().map_or(
+            state
+                .config
+                .server
+                .max_body_bytes
+                .min(body::MAX_INSPECTED_BODY),
+            |p| p.max_bytes,
+        );
+        let body = body::read_bounded(session, max_bytes, state.config.server.body_timeout).await?;
         pipeline::check_body(
             state,
             &ctx.progress,
@@ -138,7 +147,10 @@ async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
             .decode_utf8()
             .map(|c| c.into_owned())
             .unwrap_or_else(|_| raw.to_string());
-        let evicted = directory.invalidate(&name).await;
+        let route = &state.config.routes[route_index];
+        let evicted = directory
+            .invalidate(&name, route.ids_case_insensitive)
+            .await;
         tracing::debug!(client = %name, evicted, "client metadata invalidated after write");
     }
 }
@@ -291,6 +303,9 @@ impl ProxyHttp for Gateway {
             subject: ctx.progress.subject(),
             peer: ctx.peer,
             peer_trusted: ctx.peer_trusted,
+            trusted_proxies: &state.config.server.trusted_proxies,
+            client_ip_header: state.config.server.client_ip_header,
+            pinned: &ctx.progress.pinned,
             proto: if state.config.server.tls.is_some() {
                 "https"
             } else {
@@ -298,9 +313,6 @@ impl ProxyHttp for Gateway {
             },
         };
         headers::prepare(session.req_header(), upstream_request, &forwarding)?;
-        for (name, value) in &ctx.progress.pinned {
-            upstream_request.insert_header(name.clone(), value.as_str())?;
-        }
         if let Some(len) = ctx.inspected_body_len {
             // The checked body is replayed whole: frame it with its exact length,
             // and send it at once (the client's 100-continue was answered here).

@@ -7,7 +7,9 @@
 //! the raw header block is scanned too), override headers and header names
 //! that alias gateway headers once `_` becomes `-`.
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, Method};
 
 use super::path::{hex_val, validate_path};
@@ -73,6 +75,17 @@ const SENSITIVE: [&str; 10] = [
     "forwarded",
     "x-real-ip",
     "x-request-id",
+];
+
+/// Headers a client may never nominate in `Connection`: removing them as
+/// hop-by-hop would change the credential, framing, media type or routing
+/// of what goes upstream.
+const NEVER_NOMINATED: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
 ];
 
 /// Prefix of the identity headers the gateway sets for the upstream.
@@ -177,8 +190,23 @@ fn check_target<'a>(method: &Method, raw: &'a [u8]) -> Result<CheckedTarget<'a>,
 /// (`_method`) among the query parameters. `;` counts as a separator too, as
 /// some frameworks split on it.
 fn check_query(query: &str) -> Result<(), GatewayError> {
-    for param in query.split(['&', ';']) {
-        let name = param.split_once('=').map_or(param, |(name, _)| name);
+    check_params(query.as_bytes(), "_method query parameter")
+}
+
+/// The same for an `application/x-www-form-urlencoded` body, which
+/// frameworks merge with the query (`_method` in a form is Rails' and
+/// Laravel's method override; `access_token` is RFC 6750 §2.2). Read as
+/// bytes: a body need not be UTF-8.
+pub fn check_form_body(body: &[u8]) -> Result<(), GatewayError> {
+    check_params(body, "_method form field")
+}
+
+fn check_params(params: &[u8], method_override: &str) -> Result<(), GatewayError> {
+    for param in params.split(|b| matches!(b, b'&' | b';')) {
+        let name = match param.iter().position(|b| *b == b'=') {
+            Some(eq) => &param[..eq],
+            None => param,
+        };
         if name.is_empty() {
             continue;
         }
@@ -186,20 +214,27 @@ fn check_query(query: &str) -> Result<(), GatewayError> {
             return Err(GatewayError::TokenInQuery);
         }
         if param_name_is(name, "_method") {
-            return Err(GatewayError::OverrideHeader(
-                "_method query parameter".to_owned(),
-            ));
+            return Err(GatewayError::OverrideHeader(method_override.to_owned()));
         }
     }
     Ok(())
+}
+
+/// `Content-Type: application/x-www-form-urlencoded` (any case, any parameters).
+pub fn is_form_urlencoded(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.split(';').next().is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    })
 }
 
 /// Whether a raw query parameter name means `want` (lowercase, `_` for
 /// separators) to a lenient form decoder: percent-escapes and `+` decoded,
 /// case ignored, leading spaces skipped, ` ` and `.` read as `_` and an array
 /// suffix (`name[]`) dropped — as PHP does.
-fn param_name_is(raw: &str, want: &str) -> bool {
-    let raw = raw.as_bytes();
+fn param_name_is(raw: &[u8], want: &str) -> bool {
     let mut want = want.bytes();
     let mut i = 0;
     let mut leading = true;
@@ -328,6 +363,7 @@ fn check_headers(headers: &HeaderMap, limits: &RequestLimits) -> Result<(), Gate
     let mut authorization = false;
     let mut content_length = false;
     let mut transfer_encoding = false;
+    let mut content_type = false;
     for (name, value) in headers {
         if *name == HOST {
             if host {
@@ -358,8 +394,15 @@ fn check_headers(headers: &HeaderMap, limits: &RequestLimits) -> Result<(), Gate
                     "Transfer-Encoding other than chunked",
                 ));
             }
+        } else if *name == CONTENT_TYPE {
+            if content_type {
+                return Err(GatewayError::DuplicateHeader("content-type"));
+            }
+            content_type = true;
         } else if *name == UPGRADE {
             return Err(GatewayError::ForbiddenHeader("upgrade".to_owned()));
+        } else if *name == CONNECTION {
+            check_nominations(value.as_bytes(), NEVER_NOMINATED.iter().copied())?;
         } else {
             check_header_name(name.as_str())?;
         }
@@ -395,8 +438,47 @@ fn check_header_name(name: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// Route-specific header protection: the headers the gateway sets from the
+/// token (`pin_headers`) or from its own credential (an upstream's `auth`
+/// header) can be neither nominated in `Connection` nor sent under a `_`
+/// alias that CGI-style servers would read as the same name.
+pub fn check_protected_headers<'p>(
+    headers: &HeaderMap,
+    protected: impl Iterator<Item = &'p str> + Clone,
+) -> Result<(), GatewayError> {
+    for (name, value) in headers {
+        if *name == CONNECTION {
+            check_nominations(value.as_bytes(), protected.clone())?;
+        } else if name.as_str().contains('_')
+            && protected.clone().any(|p| alias_eq(name.as_str(), p))
+        {
+            return Err(GatewayError::ForbiddenHeader(echo_name(name.as_str())));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a `Connection` value that nominates one of `names` (in any case
+/// or `_` spelling), read as bytes so no invalid byte hides a nomination.
+fn check_nominations<'p>(
+    value: &[u8],
+    names: impl Iterator<Item = &'p str> + Clone,
+) -> Result<(), GatewayError> {
+    for token in value.split(|b| *b == b',') {
+        let Ok(token) = std::str::from_utf8(token.trim_ascii()) else {
+            continue;
+        };
+        if let Some(hit) = names.clone().find(|n| alias_eq(token, n)) {
+            return Err(GatewayError::ForbiddenHeader(format!(
+                "Connection nominates {hit}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `name` equals `target` (lowercase, with `-`) when `_` is read as `-`.
-fn alias_eq(name: &str, target: &str) -> bool {
+pub(crate) fn alias_eq(name: &str, target: &str) -> bool {
     name.len() == target.len()
         && name.bytes().zip(target.bytes()).all(|(n, t)| {
             let n = if n == b'_' {
@@ -941,13 +1023,13 @@ mod tests {
 
     #[test]
     fn param_name_matching() {
-        assert!(param_name_is("access_token", "access_token"));
-        assert!(param_name_is("access%5Ftoken", "access_token"));
-        assert!(param_name_is("%20access_token", "access_token"));
-        assert!(!param_name_is("access_token%", "access_token"));
-        assert!(!param_name_is("access_toke", "access_token"));
-        assert!(!param_name_is("", "access_token"));
-        assert!(!param_name_is("+", "access_token"));
-        assert!(!param_name_is("access%255Ftoken", "access_token"));
+        assert!(param_name_is(b"access_token", "access_token"));
+        assert!(param_name_is(b"access%5Ftoken", "access_token"));
+        assert!(param_name_is(b"%20access_token", "access_token"));
+        assert!(!param_name_is(b"access_token%", "access_token"));
+        assert!(!param_name_is(b"access_toke", "access_token"));
+        assert!(!param_name_is(b"", "access_token"));
+        assert!(!param_name_is(b"+", "access_token"));
+        assert!(!param_name_is(b"access%255Ftoken", "access_token"));
     }
 }
