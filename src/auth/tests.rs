@@ -1567,3 +1567,59 @@ async fn with_the_cache_off_every_request_checks_the_signature() {
     }
     assert_eq!(v.signature_checks(), 3);
 }
+
+/// A key-set refresh that lands between a token's verification and its
+/// caching must not make the cache vouch for the token under the new set:
+/// the entry records the set that verified it. Races a thread that keeps
+/// swapping the issuer's keys (set A holds the token's key, set B does not)
+/// against verifications of fresh tokens; afterwards, with B installed for
+/// good, every token accepted during the race must be refused.
+#[test]
+fn the_cache_records_the_key_set_that_verified_the_token() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let v = Arc::new(cached(vec![rsa_issuer()]));
+    let set_a = jwks(&[jwk(&rsa(), Algorithm::RS256, Some("k1"))]).to_string();
+    let set_b = jwks(&[jwk(&rsa_b(), Algorithm::RS256, Some("k2"))]).to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (v, stop) = (Arc::clone(&v), Arc::clone(&stop));
+        let (a, b) = (set_a.clone(), set_b.clone());
+        std::thread::spawn(move || {
+            let keys = v.issuer_keys(0).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                for set in [&a, &b] {
+                    keys.install(KeySet::from_jwks_json(set.as_bytes()).unwrap());
+                }
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut accepted = Vec::new();
+    for i in 0..400 {
+        let t = mint(
+            Algorithm::RS256,
+            Some("k1"),
+            &claims_with(json!({ "jti": format!("race-{i}") })),
+            &rsa(),
+        );
+        if rt.block_on(v.verify(&t, &[0], NOW)).is_ok() {
+            accepted.push(t);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(
+        !accepted.is_empty(),
+        "no token was verified during the race"
+    );
+    let keys = v.issuer_keys(0).unwrap();
+    keys.install(KeySet::from_jwks_json(set_b.as_bytes()).unwrap());
+    for t in &accepted {
+        match rt.block_on(v.verify(t, &[0], NOW)) {
+            Err(GatewayError::InvalidToken(TokenFault::UnknownKey)) => {}
+            other => panic!("a token whose key is gone was accepted: {other:?}"),
+        }
+    }
+}
