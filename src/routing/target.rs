@@ -143,6 +143,7 @@ pub fn check_raw_head<'h>(
     let method = Method::from_bytes(method)
         .map_err(|_| GatewayError::InvalidRequestTarget("malformed request line"))?;
     check_target(&method, raw_target)?;
+    check_uri_grammar(raw_target)?;
     let mut host = false;
     let mut transfer_encoding = false;
     for (name, value) in headers {
@@ -193,10 +194,34 @@ pub fn classify_malformed_head(raw_header_block: &[u8]) -> GatewayError {
     if !method_ok || !matches!(*version, b"HTTP/1.1" | b"HTTP/1.0") {
         return GatewayError::InvalidRequestTarget("malformed request line");
     }
-    if let Err(e) = check_target(&Method::GET, target) {
+    if let Err(e) = check_target(&Method::GET, target).and_then(|_| check_uri_grammar(target)) {
         return e;
     }
     GatewayError::InvalidFraming("malformed header line")
+}
+
+/// Refuses a target (already checked by [`check_target`]) that the `http`
+/// crate's URI parser, which pingora builds its request from, would not
+/// accept. Only a target with a byte outside the plain URI characters is
+/// given to that parser.
+fn check_uri_grammar(raw_target: &[u8]) -> Result<(), GatewayError> {
+    let plain = |b: &u8| {
+        b.is_ascii_alphanumeric() || b"-._~/?#[]@!$&'()*+,;=%:".contains(b)
+    };
+    if raw_target.iter().all(plain) {
+        return Ok(());
+    }
+    if http::uri::PathAndQuery::try_from(raw_target).is_ok() {
+        return Ok(());
+    }
+    let query_start = raw_target.iter().position(|b| *b == b'?');
+    let bad = raw_target.iter().position(|b| !plain(b));
+    Err(match (bad, query_start) {
+        (Some(bad), Some(q)) if bad > q => {
+            GatewayError::InvalidRequestTarget("character not allowed in a URI query")
+        }
+        _ => GatewayError::InvalidPath("character not allowed in a URI"),
+    })
 }
 
 // === request target ===
