@@ -656,6 +656,12 @@ fn raw_control_and_invalid_utf8_bytes_in_the_target_are_refused() {
     // the non-origin-form target it is.
     let resp =
         gw.send_raw(b"CONNECT other.example:443 HTTP/1.1\r\nHost: other.example:443\r\n\r\n");
-    cases.refused("authority-form CONNECT", &resp, 400, "invalid_request_target", &up);
+    cases.refused(
+        "authority-form CONNECT",
+        &resp,
+        400,
+        "invalid_request_target",
+        &up,
+    );
     cases.finish();
 }

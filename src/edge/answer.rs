@@ -83,12 +83,18 @@ mod tests {
     fn refusals_are_complete_json_responses_that_close() {
         let bytes = render(&GatewayError::HeadTimeout, "rid-9").unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let lower = head.to_ascii_lowercase();
         assert!(lower.contains("\r\nconnection: close"), "{head}");
         assert!(lower.contains("\r\nx-request-id: rid-9"), "{head}");
-        assert!(lower.contains("\r\ncontent-type: application/json"), "{head}");
+        assert!(
+            lower.contains("\r\ncontent-type: application/json"),
+            "{head}"
+        );
         assert!(!lower.contains("pingora"), "{head}");
         assert!(lower.contains(&format!("\r\ncontent-length: {}", body.len())));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -81,7 +81,10 @@ pub async fn read_head(
     let mut skipped = 0usize;
     let mut scanned = 0usize;
     loop {
-        let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        let blank = buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
         if blank > 0 {
             buf.advance(blank);
             skipped += blank;
@@ -168,11 +171,25 @@ pub fn examine(buf: &[u8], limits: &RequestLimits) -> Examined {
             GatewayError::HeadersTooLarge("too many headers"),
             request_id_from(std::iter::empty()),
         ),
-        Err(_) => Examined::Refused(
-            classify_malformed_head(buf),
-            request_id_from(std::iter::empty()),
-        ),
+        Err(_) => Examined::Refused(classify_malformed_head(buf), raw_request_id(buf)),
     }
+}
+
+/// The request id for a head the parser could not read: from its
+/// `X-Request-Id` line when there is a sane one, else a new one.
+fn raw_request_id(buf: &[u8]) -> String {
+    let values = buf
+        .split(|b| *b == b'\n')
+        .skip(1)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            name.eq_ignore_ascii_case(b"x-request-id")
+                .then(|| value.trim_ascii())
+        });
+    request_id_from(values)
 }
 
 #[cfg(test)]
@@ -212,16 +229,40 @@ mod tests {
     #[test]
     fn what_pingora_refuses_is_refused_with_a_gateway_code() {
         let cases: [(&[u8], &str); 11] = [
-            (b"GET http://other/x HTTP/1.1\r\nHost: x\r\n\r\n", "invalid_request_target"),
-            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "invalid_request_target"),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "duplicate_header"),
+            (
+                b"GET http://other/x HTTP/1.1\r\nHost: x\r\n\r\n",
+                "invalid_request_target",
+            ),
+            (
+                b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+                "invalid_request_target",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "duplicate_header",
+            ),
             (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", "forbidden_header"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "invalid_framing"),
-            (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", "invalid_framing"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "invalid_framing"),
-            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "invalid_framing"),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                "invalid_framing",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                "invalid_framing",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "invalid_framing",
+            ),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "invalid_framing",
+            ),
             (b"GET /a\xFFb HTTP/1.1\r\nHost: x\r\n\r\n", "invalid_path"),
-            (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "invalid_request_target"),
+            (
+                b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+                "invalid_request_target",
+            ),
             (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", "invalid_framing"),
         ];
         for (head, expected) in cases {

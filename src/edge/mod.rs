@@ -222,13 +222,7 @@ impl EdgeApp {
     }
 
     /// Metrics and the audit line of a request refused at the edge.
-    fn record(
-        &self,
-        err: &GatewayError,
-        request_id: &str,
-        peer: Option<IpAddr>,
-        started: Instant,
-    ) {
+    fn record(&self, err: &GatewayError, request_id: &str, peer: Option<IpAddr>, started: Instant) {
         let duration = started.elapsed().as_secs_f64();
         self.metrics.record(&RequestRecord {
             route: "none",

@@ -25,7 +25,11 @@ pub fn acceptor(tls: &TlsSettings) -> Result<Acceptor, String> {
     let (certs, key) = match load_certs_and_key_files(&cert, &key) {
         Ok(Some(pair)) => pair,
         Ok(None) => return Err("server.tls: no certificate or no private key found".into()),
-        Err(e) => return Err(format!("server.tls: cannot read the certificate or key: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "server.tls: cannot read the certificate or key: {e}"
+            ))
+        }
     };
     let config = ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
         .with_no_client_auth()

@@ -153,7 +153,9 @@ pub fn check_raw_head<'h>(
             }
             host = true;
             if value.contains(&b'@') {
-                return Err(GatewayError::ForbiddenHeader("host with userinfo".to_owned()));
+                return Err(GatewayError::ForbiddenHeader(
+                    "host with userinfo".to_owned(),
+                ));
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
             parse_content_length(value)?;
@@ -205,9 +207,7 @@ pub fn classify_malformed_head(raw_header_block: &[u8]) -> GatewayError {
 /// accept. Only a target with a byte outside the plain URI characters is
 /// given to that parser.
 fn check_uri_grammar(raw_target: &[u8]) -> Result<(), GatewayError> {
-    let plain = |b: &u8| {
-        b.is_ascii_alphanumeric() || b"-._~/?#[]@!$&'()*+,;=%:".contains(b)
-    };
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~/?#[]@!$&'()*+,;=%:".contains(b);
     if raw_target.iter().all(plain) {
         return Ok(());
     }
