@@ -132,10 +132,8 @@ async fn shutting_down(shutdown: &mut ShutdownWatch) {
 
 /// Whether `bytes` hold the empty line that ends a head (`\n\n` or `\n\r\n`).
 fn has_head_end(bytes: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', bytes).any(|i| match &bytes[i + 1..] {
-        [b'\n', ..] | [b'\r', b'\n', ..] => true,
-        _ => false,
-    })
+    memchr::memchr_iter(b'\n', bytes)
+        .any(|i| matches!(&bytes[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// Parse what `buf` holds (as pingora's parser will) and check a complete head.
