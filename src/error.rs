@@ -43,6 +43,9 @@ pub enum GatewayError {
     /// The client sent the body too slowly (`server.body_timeout_ms`).
     #[error("request body not received in time")]
     RequestTimeout,
+    /// The client sent the request head too slowly (`server.header_timeout_ms`).
+    #[error("request head not received in time")]
+    HeadTimeout,
 
     // --- step 2: routing ---
     #[error("no route for this path")]
@@ -235,7 +238,7 @@ impl GatewayError {
             | TokenInQuery => 400,
             HeadersTooLarge(_) => 431,
             BodyTooLarge(_) => 413,
-            RequestTimeout => 408,
+            RequestTimeout | HeadTimeout => 408,
             NoRoute => 404,
             MethodNotAllowed { .. } => 405,
             IpDenied => 403,
@@ -264,7 +267,7 @@ impl GatewayError {
             TokenInQuery => "token_in_query",
             HeadersTooLarge(_) => "headers_too_large",
             BodyTooLarge(_) => "body_too_large",
-            RequestTimeout => "request_timeout",
+            RequestTimeout | HeadTimeout => "request_timeout",
             NoRoute => "no_route",
             MethodNotAllowed { .. } => "method_not_allowed",
             IpDenied => "ip_denied",
@@ -293,6 +296,7 @@ impl GatewayError {
                 | GatewayError::HeadersTooLarge(_)
                 | GatewayError::BodyTooLarge(_)
                 | GatewayError::RequestTimeout
+                | GatewayError::HeadTimeout
                 | GatewayError::InvalidRequestTarget(_)
         )
     }

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod explain;
 pub mod metrics;

@@ -232,9 +232,16 @@ fn main() -> ExitCode {
 
 fn init_logging(log: &portcullis::config::model::LogSettings) {
     // RUST_LOG, when set, wins over `[log] level`.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let mut filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        for directive in portcullis::edge::QUIET_PINGORA_TARGETS {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+        filter
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log.format {
         portcullis::config::model::LogFormat::Json => builder.json().init(),

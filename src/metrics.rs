@@ -43,6 +43,8 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     token_cache_entries: IntGauge,
     signature_checks: IntCounter,
+    connections_refused: IntCounterVec,
+    connections_open: IntGauge,
     /// Raw source counters as seen at the previous scrape, by series.
     last_seen: Mutex<HashMap<String, u64>>,
 }
@@ -207,6 +209,20 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
+            connections_refused: counter_vec(
+                &r,
+                "portcullis_connections_refused_total",
+                "Client connections closed unread because a connection cap was reached, by cap.",
+                &["reason"],
+            )?,
+            connections_open: {
+                let g = IntGauge::new(
+                    "portcullis_connections_open",
+                    "Client connections open on the proxy listeners.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             last_seen: Mutex::new(HashMap::new()),
             registry: {
                 let build = gauge_vec(
@@ -251,6 +267,17 @@ impl Metrics {
         if let Some(reason) = r.refusal {
             self.refusals.with_label_values(&[r.route, reason]).inc();
         }
+    }
+
+    /// Count a connection closed unread by a cap (`reason`: the cap's key).
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Count an open client connection until the returned value is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
     }
 
     pub fn reload(&self, ok: bool) {
@@ -388,6 +415,15 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// An open connection in `portcullis_connections_open`.
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

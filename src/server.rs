@@ -11,8 +11,6 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
-use pingora_proxy::http_proxy_service_with_name;
-
 use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
@@ -131,23 +129,14 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = http_proxy_service_with_name(
+    let proxy = crate::edge::service(
         &server.configuration,
-        Gateway::new(state.clone(), metrics.clone(), audit),
-        "portcullis proxy",
-    );
-    for addr in &config.server.listen {
-        match &config.server.tls {
-            None => proxy.add_tcp(addr),
-            Some(tls) => {
-                let cert = tls.cert_file.to_string_lossy();
-                let key = tls.key_file.to_string_lossy();
-                proxy
-                    .add_tls(addr, &cert, &key)
-                    .map_err(|e| format!("server.tls: cannot use the certificate or key: {e}"))?;
-            }
-        }
-    }
+        &config,
+        Gateway::new(state.clone(), metrics.clone(), audit.clone()),
+        state.clone(),
+        metrics.clone(),
+        audit,
+    )?;
     server.add_service(proxy);
     let mut admin = Service::new(
         "portcullis admin".to_string(),

@@ -47,8 +47,16 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// The whole request head, from its first byte.
     pub header_timeout: Duration,
+    /// The whole request body, from the end of the head.
     pub body_timeout: Duration,
+    /// An idle keep-alive connection (no byte of a next request) is closed after this.
+    pub keepalive_timeout: Duration,
+    /// Open client connections across all proxy listeners.
+    pub max_connections: usize,
+    /// Open client connections from one socket peer (trusted proxies exempt).
+    pub max_connections_per_ip: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// The verified-token cache.

@@ -325,6 +325,26 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         errs,
     );
     let body_timeout = millis(raw.body_timeout_ms, 30_000, "server.body_timeout_ms", errs);
+    let keepalive_timeout = millis(
+        raw.keepalive_timeout_ms,
+        60_000,
+        "server.keepalive_timeout_ms",
+        errs,
+    );
+    let max_connections = positive(
+        raw.max_connections,
+        10_000,
+        10_000_000,
+        "server.max_connections",
+        errs,
+    ) as usize;
+    let max_connections_per_ip = positive(
+        raw.max_connections_per_ip,
+        256,
+        10_000_000,
+        "server.max_connections_per_ip",
+        errs,
+    ) as usize;
     let shutdown_timeout = Duration::from_secs(positive(
         raw.shutdown_timeout_seconds,
         30,
@@ -371,6 +391,9 @@ fn server_settings(raw: RawServer, base_dir: &Path, errs: &mut Errors) -> Server
         max_headers,
         header_timeout,
         body_timeout,
+        keepalive_timeout,
+        max_connections,
+        max_connections_per_ip,
     }
 }
 

@@ -5,7 +5,7 @@
 //! body policy's `max_bytes` is capped there), checked, and — when allowed —
 //! replayed upstream by pingora unchanged.
 
-use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use pingora_proxy::Session;
@@ -16,12 +16,13 @@ use crate::error::GatewayError;
 pub const MAX_INSPECTED_BODY: u64 = 64 * 1024;
 
 /// Read the whole request body, refusing as soon as it passes `max_bytes`
-/// (without reading the rest) or when the client is slower than `timeout`
-/// between chunks.
+/// (without reading the rest) or when it is not complete by `deadline`
+/// (`server.body_timeout_ms` after the end of the head: the whole body, not
+/// each read, so a client dribbling a byte at a time is cut off too).
 pub async fn read_bounded(
     session: &mut Session,
     max_bytes: u64,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<Bytes, GatewayError> {
     if let Some(declared) = declared_length(session) {
         if declared > max_bytes {
@@ -41,7 +42,9 @@ pub async fn read_bounded(
     session.enable_retry_buffering();
     let mut total: u64 = 0;
     loop {
-        let chunk = match tokio::time::timeout(timeout, session.read_request_body()).await {
+        // Pingora's own per-read timer ends at the deadline too.
+        session.set_read_timeout(Some(remaining(deadline)?));
+        let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
             Err(_) => return Err(GatewayError::RequestTimeout),
             // pingora's own read timeout (set to the same limit) may fire first.
             Ok(Err(e)) if e.etype() == &pingora_error::ErrorType::ReadTimedout => {
@@ -66,6 +69,15 @@ pub async fn read_bounded(
         return Err(GatewayError::BodyTooLarge(max_bytes));
     }
     Ok(session.get_retry_buffer().unwrap_or_default())
+}
+
+/// Time left until `deadline`; a body still unread at the deadline is late.
+pub fn remaining(deadline: Instant) -> Result<std::time::Duration, GatewayError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(GatewayError::RequestTimeout);
+    }
+    Ok(left)
 }
 
 fn expects_continue(session: &Session) -> bool {

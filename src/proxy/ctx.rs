@@ -28,6 +28,9 @@ pub struct RequestCtx {
     /// Upstream address attempts (bounded retries on connect failure).
     pub attempts: usize,
     pub upstream_started: Option<Instant>,
+    /// When the whole body must be in (`server.body_timeout_ms` after the
+    /// end of the head, which is when the context is made).
+    pub body_deadline: tokio::time::Instant,
 }
 
 impl RequestCtx {
@@ -44,6 +47,7 @@ impl RequestCtx {
             streamed_body_bytes: 0,
             attempts: 0,
             upstream_started: None,
+            body_deadline: tokio::time::Instant::now(),
         }
     }
 }

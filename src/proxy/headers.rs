@@ -263,15 +263,25 @@ fn set_optional(
 /// A client's `X-Request-Id` is kept when it is a sane token: 1..=128
 /// visible ASCII characters. Otherwise the gateway makes a new one.
 pub fn request_id(downstream: &RequestHeader) -> String {
-    if let Some(v) = downstream.headers.get(REQUEST_ID) {
-        let b = v.as_bytes();
+    request_id_from(
+        downstream
+            .headers
+            .get_all(REQUEST_ID)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// [`request_id`] over the raw values of every `X-Request-Id` field (the
+/// edge answers before pingora has parsed the head).
+pub fn request_id_from<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> String {
+    if let (Some(b), None) = (values.next(), values.next()) {
         if !b.is_empty()
             && b.len() <= 128
             && b.iter()
                 .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
-            && downstream.headers.get_all(REQUEST_ID).iter().count() == 1
         {
-            if let Ok(s) = v.to_str() {
+            if let Ok(s) = std::str::from_utf8(b) {
                 return s.to_string();
             }
         }

@@ -26,7 +26,7 @@ pub mod state;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -36,6 +36,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::audit::{self, AuditLog, AuditRecord};
+use crate::edge::throttle::LogThrottle;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::pipeline::{self, NoTrace, RequestHead};
@@ -113,7 +114,7 @@ impl Gateway {
                 .min(body::MAX_INSPECTED_BODY),
             |p| p.max_bytes,
         );
-        let body = body::read_bounded(session, max_bytes, state.config.server.body_timeout).await?;
+        let body = body::read_bounded(session, max_bytes, ctx.body_deadline).await?;
         pipeline::check_body(
             state,
             &ctx.progress,
@@ -189,6 +190,24 @@ fn upstream_error(e: &Error) -> Option<GatewayError> {
     }
 }
 
+/// Failures a client can cause at will (hang-ups, slow or bad bodies, our
+/// refusals) are debug lines; upstream and internal failures are warnings,
+/// at most one per interval each.
+fn log_failure(e: &Error, refused: bool) {
+    static UPSTREAM: LogThrottle = LogThrottle::new(Duration::from_secs(5));
+    static INTERNAL: LogThrottle = LogThrottle::new(Duration::from_secs(5));
+    match e.esource() {
+        _ if refused => tracing::debug!(error = %e, "request refused"),
+        ErrorSource::Downstream => tracing::debug!(error = %e, "client failed the request"),
+        ErrorSource::Upstream => {
+            crate::warn_throttled!(UPSTREAM, error = %e, "upstream request failed")
+        }
+        ErrorSource::Internal | ErrorSource::Unset => {
+            crate::warn_throttled!(INTERNAL, error = %e, "request failed inside the gateway")
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -203,7 +222,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<bool> {
         let state = self.state.load_full();
-        // Body reads (streamed or inspected) wait at most this long per read.
+        // The whole body, streamed or inspected, must be in by this deadline;
+        // each read waits at most until then (updated as the body comes).
+        ctx.body_deadline =
+            tokio::time::Instant::from_std(ctx.started) + state.config.server.body_timeout;
         session.set_read_timeout(Some(state.config.server.body_timeout));
         ctx.request_id = headers::request_id(session.req_header());
         ctx.peer = peer_ip(session);
@@ -313,6 +335,11 @@ impl ProxyHttp for Gateway {
             },
         };
         headers::prepare(session.req_header(), upstream_request, &forwarding)?;
+        if ctx.inspected_body_len.is_none() {
+            // A streamed body is read from here on: its reads end at the deadline.
+            let left = body::remaining(ctx.body_deadline).unwrap_or(Duration::from_millis(1));
+            session.set_read_timeout(Some(left));
+        }
         if let Some(len) = ctx.inspected_body_len {
             // The checked body is replayed whole: frame it with its exact length,
             // and send it at once (the client's 100-continue was answered here).
@@ -325,13 +352,27 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<()> {
         if ctx.inspected_body_len.is_some() {
             return Ok(());
+        }
+        // The whole streamed body within body_timeout_ms of the head: a
+        // client dribbling bytes is cut off, and the upstream request with it.
+        if body.is_some() || !end_of_stream {
+            match body::remaining(ctx.body_deadline) {
+                Ok(left) => session.set_read_timeout(Some(left)),
+                Err(late) => {
+                    ctx.refusal = Some(late);
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(408),
+                        "request body not received within body_timeout_ms",
+                    );
+                }
+            }
         }
         // A streamed (chunked) body is cut off once it passes the server limit.
         let max = ctx
@@ -362,13 +403,10 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        // A client that hangs up is not a gateway error.
-        error.esource() == &ErrorSource::Downstream
-            && matches!(
-                error.etype(),
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-            )
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `fail_to_proxy` logs every failure itself, at a level that does not
+        // let a client write one ERROR line per connection.
+        true
     }
 
     async fn fail_to_proxy(
@@ -378,6 +416,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         // A refusal decided in a body filter takes precedence over its transport error.
+        log_failure(e, ctx.refusal.is_some());
         let Some(err) = ctx.refusal.clone().or_else(|| upstream_error(e)) else {
             return FailToProxy {
                 error_code: 0,
@@ -386,6 +425,14 @@ impl ProxyHttp for Gateway {
         };
         if ctx.request_id.is_empty() {
             ctx.request_id = headers::request_id(session.req_header());
+        }
+        if session.response_written().is_some() {
+            // The upstream's answer has begun: all that is left is to close.
+            ctx.refusal = Some(err);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         }
         respond::send(session, &err, &ctx.request_id).await;
         let code = err.status();

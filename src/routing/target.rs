@@ -130,11 +130,118 @@ pub fn check_request<'a>(
     Ok(target)
 }
 
+/// Step 1 on a raw HTTP/1 head, before pingora's own parser reads it.
+///
+/// Pingora refuses some heads itself with a bare `400`/`405` (two `Host`
+/// fields, conflicting `Content-Length`, a `Transfer-Encoding` other than
+/// `chunked`, absolute-form targets naming another host, `CONNECT`, bytes
+/// its URI parser rejects). The edge runs this first so those get the
+/// gateway's answer. Everything refused here is refused by pingora or by
+/// [`check_request`] too, so it never changes what is allowed; it only
+/// answers earlier.
+///
+/// * `method`, `raw_target` — from the request line, as sent;
+/// * `http10` — the request line says `HTTP/1.0`;
+/// * `headers` — every header field as (name, value) bytes, in order;
+/// * `raw_header_block` — request line and headers as read from the wire.
+pub fn check_raw_head<'h>(
+    method: &[u8],
+    raw_target: &[u8],
+    http10: bool,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    raw_header_block: &[u8],
+    limits: &RequestLimits,
+) -> Result<(), GatewayError> {
+    check_raw_block(raw_header_block, limits)?;
+    let method = Method::from_bytes(method)
+        .map_err(|_| GatewayError::InvalidRequestTarget("malformed request line"))?;
+    check_target(&method, raw_target)?;
+    check_uri_grammar(raw_target)?;
+    let mut host = false;
+    let mut transfer_encoding = false;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"host") {
+            if host {
+                return Err(GatewayError::DuplicateHeader("host"));
+            }
+            host = true;
+            if value.contains(&b'@') {
+                return Err(GatewayError::ForbiddenHeader(
+                    "host with userinfo".to_owned(),
+                ));
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            parse_content_length(value)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if transfer_encoding {
+                return Err(GatewayError::InvalidFraming("repeated Transfer-Encoding"));
+            }
+            transfer_encoding = true;
+            if !trim_ows(value).eq_ignore_ascii_case(b"chunked") {
+                return Err(GatewayError::InvalidFraming(
+                    "Transfer-Encoding other than chunked",
+                ));
+            }
+            if http10 {
+                return Err(GatewayError::InvalidFraming(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a head that the HTTP/1 grammar does not accept is refused: the
+/// request line's own fault when it has one, else a malformed header line.
+pub fn classify_malformed_head(raw_header_block: &[u8]) -> GatewayError {
+    let Some(line) = head_lines(raw_header_block).find(|l| !l.is_empty()) else {
+        return GatewayError::InvalidRequestTarget("malformed request line");
+    };
+    let parts: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    let [method, target, version] = parts.as_slice() else {
+        return GatewayError::InvalidRequestTarget("malformed request line");
+    };
+    let method_ok = !method.is_empty()
+        && method
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+    if !method_ok || !matches!(*version, b"HTTP/1.1" | b"HTTP/1.0") {
+        return GatewayError::InvalidRequestTarget("malformed request line");
+    }
+    if let Err(e) = check_target(&Method::GET, target).and_then(|_| check_uri_grammar(target)) {
+        return e;
+    }
+    GatewayError::InvalidFraming("malformed header line")
+}
+
+/// Refuses a target (already checked by [`check_target`]) that the `http`
+/// crate's URI parser, which pingora builds its request from, would not
+/// accept. Only a target with a byte outside the plain URI characters is
+/// given to that parser.
+fn check_uri_grammar(raw_target: &[u8]) -> Result<(), GatewayError> {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~/?#[]@!$&'()*+,;=%:".contains(b);
+    if raw_target.iter().all(plain) {
+        return Ok(());
+    }
+    if http::uri::PathAndQuery::try_from(raw_target).is_ok() {
+        return Ok(());
+    }
+    let query_start = raw_target.iter().position(|b| *b == b'?');
+    let bad = raw_target.iter().position(|b| !plain(b));
+    Err(match (bad, query_start) {
+        (Some(bad), Some(q)) if bad > q => {
+            GatewayError::InvalidRequestTarget("character not allowed in a URI query")
+        }
+        _ => GatewayError::InvalidPath("character not allowed in a URI"),
+    })
+}
+
 // === request target ===
 
 /// The request-target of the raw request line (`METHOD SP target SP version`),
 /// skipping blank lines a client may send first (RFC 9112 §2.2).
-fn request_line_target(block: &[u8]) -> Option<&[u8]> {
+pub fn request_line_target(block: &[u8]) -> Option<&[u8]> {
     let line = head_lines(block).find(|l| !l.is_empty())?;
     let mut parts = line.split(|b| *b == b' ').filter(|p| !p.is_empty());
     parts.next()?;
