@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, Method};
 
 use crate::auth::VerifiedToken;
 use crate::clients::{ClientMeta, Lookup};
-use crate::config::model::{AuthMode, EntitlementsFrom, RouteConfig, UpstreamAuth};
+use crate::config::model::{AuthMode, EntitlementsFrom, RouteConfig};
 use crate::error::BodyRefusal;
 use crate::error::GatewayError;
 use crate::policy::body::BodyRequest;
@@ -220,22 +220,11 @@ pub async fn admit_head<T: Trace>(
         route.path.as_str()
     );
 
-    // Headers the gateway sets for this route (pinned to claims, or its own
-    // credential) cannot be nominated for removal or aliased with `_`.
-    let upstream_auth_header = config
-        .upstreams
-        .get(route.upstream)
-        .and_then(|u| match &u.auth {
-            Some(UpstreamAuth::Header { name, .. }) => Some(name.as_str()),
-            _ => None,
-        });
+    // Headers the gateway sets (pinned to claims, or its own credential)
+    // cannot be nominated for removal or aliased with `_`.
     check_protected_headers(
         head.headers,
-        route
-            .pin_headers
-            .iter()
-            .map(|p| p.header.as_str())
-            .chain(upstream_auth_header),
+        config.protected_headers.iter().map(String::as_str),
     )?;
     // A body the gateway inspects must be checked as the upstream will read it.
     let content_type = head

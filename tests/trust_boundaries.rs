@@ -828,6 +828,12 @@ path = "/organizations/sso/oidc/provider-credentials"
 upstream = "app"
 strip_authorization = true
 pin_headers = { "SlashID-OrgID" = "oid" }
+
+[[routes]]
+name = "unpinned"
+methods = ["GET"]
+path = "/unpinned"
+upstream = "app"
 "#;
 
 const PIN_TARGET: &str = "/organizations/sso/oidc/provider-credentials";
@@ -906,6 +912,17 @@ fn pinned_and_credential_headers_cannot_be_nominated_or_aliased() {
     for (label, headers) in refusals {
         let resp = w.get(PIN_TARGET, &t, headers);
         cases.refused(label, &resp, 400, "forbidden_header", &w.up);
+        // The protection is config-wide: a route that pins nothing (and uses
+        // no credential) refuses the same nominations and aliases, so no
+        // path leads a protected name to an upstream that reads it.
+        let resp = w.get("/unpinned", &t, headers);
+        cases.refused(
+            &format!("{label} (unpinned route)"),
+            &resp,
+            400,
+            "forbidden_header",
+            &w.up,
+        );
     }
     for (label, headers) in [
         ("another org", &[("SlashID-OrgID", &b"victim-org"[..])][..]),

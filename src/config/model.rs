@@ -34,6 +34,11 @@ pub struct Config {
     pub hash: String,
     /// `[catalogs.NAME]`, loaded.
     pub catalogs: std::collections::HashMap<String, CatalogRef>,
+    /// Names (lowercase) of the headers the gateway sets itself from a token
+    /// claim (any route's `pin_headers`) or from its own credential (any
+    /// upstream's `auth` header): never nominated in `Connection`, never
+    /// accepted under a `_` alias, on any route.
+    pub protected_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

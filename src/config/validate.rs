@@ -185,8 +185,20 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
         })
         .collect();
 
+    let mut protected_headers: Vec<String> = routes
+        .iter()
+        .flat_map(|r| r.pin_headers.iter().map(|p| p.header.as_str().to_string()))
+        .chain(upstreams.iter().filter_map(|u| match &u.auth {
+            Some(UpstreamAuth::Header { name, .. }) => Some(name.as_str().to_string()),
+            _ => None,
+        }))
+        .collect();
+    protected_headers.sort();
+    protected_headers.dedup();
+
     Ok(Loaded {
         config: Config {
+            protected_headers,
             source: origin.to_path_buf(),
             server,
             admin,
