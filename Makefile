@@ -36,8 +36,11 @@ test: test-deps lint
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
+# The dev profile: after `make test` this is the binary the tests already built, so the
+# demo starts at once; on a clean clone it is also the quickest build to a first curl
+# (README, "Quick start"). Production builds (`make release`, deploy/Dockerfile) stay --release.
 demo: deps
-	$(CARGO) run --release -- demo
+	$(CARGO) run -- demo
 
 clean:
 	$(CARGO) clean

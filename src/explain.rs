@@ -19,9 +19,27 @@
 //! The token itself is never printed: only the issuer, subject, client and
 //! entitlements of a token that verified.
 //!
-//! Exit codes: [`EXIT_ALLOW`] (0), [`EXIT_REFUSE`] (1), [`EXIT_USAGE`] (64:
-//! bad config or bad arguments), [`EXIT_INTERNAL`] (70: the runtime could
-//! not start).
+//! Secrets are not needed. The config is validated structurally
+//! ([`EnvMode::Structural`]): a secret whose environment variable is not set
+//! is a warning, and a step that would need it is not decided:
+//!
+//! - a token of an HMAC issuer whose shared secret is not set: its signature
+//!   is not checked (the token's own header and claims are signed afresh
+//!   with the config's random placeholder, in memory, so every other token
+//!   check runs for real), and the step is marked `?`;
+//! - client metadata from an `http` source whose credential is not set: the
+//!   source is not asked (it would get a credential nobody issued), the
+//!   client step is marked `?`, and the steps after it assume the client
+//!   record exists, is enabled, admits the client IP and grants the token's
+//!   entitlements.
+//!
+//! A refusal that does not depend on what is undecided is still a refusal;
+//! otherwise the decision is "unknown".
+//!
+//! Exit codes: [`EXIT_ALLOW`] (0), [`EXIT_REFUSE`] (1), [`EXIT_UNDECIDED`]
+//! (2: no step refused, but a step could not be decided without a secret),
+//! [`EXIT_USAGE`] (64: bad config or bad arguments), [`EXIT_INTERNAL`] (70:
+//! the runtime could not start).
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -35,8 +53,10 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::auth::Verifier;
-use crate::config::model::{AuthMode, ClientSourceConfig, KeySource};
-use crate::config::Config;
+use crate::config::model::{
+    AuthMode, ClientSourceConfig, EntitlementsFrom, KeySource, UpstreamAuth,
+};
+use crate::config::{Config, EnvMode};
 use crate::error::GatewayError;
 use crate::pipeline::{self, Progress, RequestHead, Step, Trace};
 use crate::policy::ip::canonical;
@@ -46,6 +66,10 @@ use crate::proxy::state::GatewayState;
 pub const EXIT_ALLOW: u8 = 0;
 /// The request would be refused.
 pub const EXIT_REFUSE: u8 = 1;
+/// Undecided: no step refused, but one needs a secret whose environment
+/// variable is not set here (an HMAC issuer's secret, the metadata source's
+/// credential).
+pub const EXIT_UNDECIDED: u8 = 2;
 /// EX_USAGE: bad config or bad arguments.
 pub const EXIT_USAGE: u8 = 64;
 /// EX_SOFTWARE: explain itself could not run.
@@ -117,7 +141,8 @@ impl FromStr for TokenArg {
 /// What `explain` printed and its exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explained {
-    /// [`EXIT_ALLOW`], [`EXIT_REFUSE`], [`EXIT_USAGE`] or [`EXIT_INTERNAL`].
+    /// [`EXIT_ALLOW`], [`EXIT_REFUSE`], [`EXIT_UNDECIDED`], [`EXIT_USAGE`]
+    /// or [`EXIT_INTERNAL`].
     pub code: u8,
     /// The steps and the decision.
     pub stdout: String,
@@ -138,11 +163,11 @@ pub fn run(args: ExplainArgs) -> u8 {
 /// including inside a tokio runtime (it then runs on a thread of its own).
 pub fn explain(args: &ExplainArgs) -> Explained {
     let run = || {
-        let mut token = args.token.as_ref().map(|t| t.0.clone());
-        let mut explained = explain_inner(args, &mut token);
-        if let Some(token) = token {
-            explained.stdout = scrub(&explained.stdout, &token);
-            explained.stderr = scrub(&explained.stderr, &token);
+        let mut tokens: Vec<String> = args.token.iter().map(|t| t.0.clone()).collect();
+        let mut explained = explain_inner(args, &mut tokens);
+        for token in &tokens {
+            explained.stdout = scrub(&explained.stdout, token);
+            explained.stderr = scrub(&explained.stderr, token);
         }
         explained
     };
@@ -162,9 +187,32 @@ struct RequestInput {
     target: String,
     peer: IpAddr,
     token_given: bool,
+    /// Set when the token's signature cannot be checked here.
+    unchecked_signature: Option<UncheckedSignature>,
     /// (name as given, value), in sending order.
     headers: Vec<(String, HeaderValue)>,
     body: Option<Vec<u8>>,
+}
+
+/// A token of an HMAC issuer whose shared secret is not set here.
+struct UncheckedSignature {
+    /// The issuer's `name`.
+    issuer: String,
+    /// The environment variable that holds its secret at run.
+    env: String,
+}
+
+/// What cannot be decided here because a secret is not set.
+#[derive(Default)]
+struct Undecided {
+    /// The metadata source's credential is not set: the source is not asked.
+    metadata: Option<UnreadMetadata>,
+}
+
+struct UnreadMetadata {
+    /// The environment variable of the credential.
+    env: String,
+    entitlements_from: EntitlementsFrom,
 }
 
 fn usage(message: impl std::fmt::Display) -> Explained {
@@ -175,11 +223,12 @@ fn usage(message: impl std::fmt::Display) -> Explained {
     }
 }
 
-/// `token` receives the token once it is read, so the caller can make sure
-/// it appears nowhere in the output.
-fn explain_inner(args: &ExplainArgs, token: &mut Option<String>) -> Explained {
+/// `tokens` receives the token once it is read (and the stand-in signed in
+/// its place, if any), so the caller can make sure none appears in the
+/// output.
+fn explain_inner(args: &ExplainArgs, tokens: &mut Vec<String>) -> Explained {
     let mut stderr = String::new();
-    let loaded = match crate::config::load_file(&args.config) {
+    let loaded = match crate::config::load_file_with(&args.config, EnvMode::Structural) {
         Ok(loaded) => loaded,
         Err(errors) => {
             return Explained {
@@ -189,10 +238,19 @@ fn explain_inner(args: &ExplainArgs, token: &mut Option<String>) -> Explained {
             }
         }
     };
+    for unset in &loaded.config.unset_secrets {
+        let _ = writeln!(
+            stderr,
+            "{}: {}: {} (required at run)",
+            args.config.display(),
+            unset.path,
+            unset.reason()
+        );
+    }
     for w in &loaded.warnings {
         let _ = writeln!(stderr, "{}: warning: {w}", args.config.display());
     }
-    let input = match request_input(args, token) {
+    let input = match request_input(args, &loaded.config, tokens) {
         Ok(input) => input,
         Err(message) => {
             let mut e = usage(message);
@@ -214,11 +272,25 @@ fn explain_inner(args: &ExplainArgs, token: &mut Option<String>) -> Explained {
         }
     };
     let mut config = loaded.config;
-    let metadata = metadata_note(&config, args.no_metadata);
+    let mut undecided = Undecided::default();
+    let mut metadata = metadata_note(&config, args.no_metadata);
+    if !args.no_metadata {
+        if let Some(unread) = unread_metadata(&config) {
+            let _ = write!(
+                metadata,
+                " — not asked: its credential ${} is not set (required at run)",
+                unread.env
+            );
+            // Never send the source a placeholder credential.
+            config.clients = None;
+            undecided.metadata = Some(unread);
+        }
+    }
     if args.no_metadata {
         config.clients = None;
     }
-    let (code, stdout) = runtime.block_on(decide(config, &args.config, metadata, input));
+    let (code, stdout) =
+        runtime.block_on(decide(config, &args.config, metadata, input, &undecided));
     Explained {
         code,
         stdout,
@@ -238,7 +310,11 @@ fn scrub(text: &str, token: &str) -> String {
     text.replace(token, "<token>")
 }
 
-fn request_input(args: &ExplainArgs, read: &mut Option<String>) -> Result<RequestInput, String> {
+fn request_input(
+    args: &ExplainArgs,
+    config: &Config,
+    read: &mut Vec<String>,
+) -> Result<RequestInput, String> {
     let method = Method::from_bytes(args.method.as_bytes())
         .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
     let token = match (&args.token, &args.token_file) {
@@ -246,12 +322,21 @@ fn request_input(args: &ExplainArgs, read: &mut Option<String>) -> Result<Reques
         (None, Some(path)) => Some(read_token_file(path)?),
         (None, None) => None,
     };
-    if token.is_some() {
-        read.clone_from(&token);
+    if let Some(token) = &token {
+        read.push(token.clone());
     }
     if token.as_deref().is_some_and(str::is_empty) {
         return Err("the token is empty".into());
     }
+    // An HMAC issuer without its secret: check everything but the signature.
+    let stand_in = token.as_deref().and_then(|t| stand_in_signature(config, t));
+    if let Some((signed, _)) = &stand_in {
+        read.push(signed.clone());
+    }
+    let (token, unchecked_signature) = match stand_in {
+        Some((signed, unchecked)) => (Some(signed), Some(unchecked)),
+        None => (token, None),
+    };
     let mut extra: Vec<(String, HeaderName, HeaderValue)> = Vec::new();
     for line in &args.headers {
         let Some((name, value)) = line.split_once(':') else {
@@ -307,6 +392,7 @@ fn request_input(args: &ExplainArgs, read: &mut Option<String>) -> Result<Reques
         target: args.path.clone(),
         peer: canonical(args.from),
         token_given: token.is_some(),
+        unchecked_signature,
         headers,
         body,
     })
@@ -347,6 +433,77 @@ fn metadata_note(config: &Config, no_metadata: bool) -> String {
     }
 }
 
+/// The `http` metadata source's credential, when its environment variable
+/// is not set here.
+fn unread_metadata(config: &Config) -> Option<UnreadMetadata> {
+    let clients = config.clients.as_ref()?;
+    if !matches!(clients.source, ClientSourceConfig::Http { .. }) {
+        return None;
+    }
+    let unset = config
+        .unset_secrets
+        .iter()
+        .find(|u| u.path.starts_with("clients."))?;
+    Some(UnreadMetadata {
+        env: unset.env.clone(),
+        entitlements_from: clients.entitlements_from,
+    })
+}
+
+/// Whether `env` is a secret's variable that is not set here.
+fn is_unset(config: &Config, env: &str) -> bool {
+    config.unset_secrets.iter().any(|u| u.env == env)
+}
+
+/// For a token whose unverified `iss` names an HMAC issuer whose secret is
+/// not set here (and whose `alg` is HS*): the same header and claims, signed
+/// with the config's placeholder for that secret, so the verifier checks
+/// everything but the signature for real. The stand-in never leaves this
+/// process and is scrubbed from the output like the token. Anything that
+/// does not parse is left to the verifier to refuse.
+fn stand_in_signature(config: &Config, token: &str) -> Option<(String, UncheckedSignature)> {
+    use aws_lc_rs::hmac;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use jsonwebtoken::Algorithm;
+
+    let mut parts = token.split('.');
+    let (header, claims, _signature, None) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next())
+    else {
+        return None;
+    };
+    let object = |part: &str| -> Option<serde_json::Map<String, serde_json::Value>> {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+    };
+    let alg = object(header)?.get("alg")?.as_str()?.to_string();
+    let hmac_alg = match crate::auth::keys::algorithm_from_name(&alg)? {
+        Algorithm::HS256 => hmac::HMAC_SHA256,
+        Algorithm::HS384 => hmac::HMAC_SHA384,
+        Algorithm::HS512 => hmac::HMAC_SHA512,
+        _ => return None,
+    };
+    let iss = object(claims)?.get("iss")?.as_str()?.to_string();
+    let (issuer, env, secret) = config.issuers.iter().find_map(|i| match &i.keys {
+        KeySource::HmacSecret { env, secret } if i.issuer == iss && is_unset(config, env) => {
+            Some((i, env, secret))
+        }
+        _ => None,
+    })?;
+    let signing_input = &token[..header.len() + 1 + claims.len()];
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac_alg, &secret.0),
+        signing_input.as_bytes(),
+    );
+    Some((
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref())),
+        UncheckedSignature {
+            issuer: issuer.name.clone(),
+            env: env.clone(),
+        },
+    ))
+}
+
 /// Records every step that passed.
 #[derive(Default)]
 struct Recorder {
@@ -385,6 +542,7 @@ async fn decide(
     config_path: &Path,
     metadata: String,
     input: RequestInput,
+    undecided: &Undecided,
 ) -> (u8, String) {
     let mut verifier = Verifier::new(&config.issuers);
     // Keys were fetched just now; an unknown `kid` would not be found by
@@ -438,6 +596,26 @@ async fn decide(
             .map_err(|e| (e, Phase::Body));
     }
 
+    // The metadata source would have been asked for the token's client: it
+    // matters only when the token's issuer uses client metadata.
+    let unread = undecided.metadata.as_ref().filter(|_| {
+        progress
+            .token
+            .as_ref()
+            .and_then(|t| state.config.issuers.get(t.issuer))
+            .is_some_and(|i| i.client_metadata)
+    });
+    if unread.is_some() && progress.client_id().is_none() {
+        // The gateway refuses such a token before it asks the source.
+        trace.passed.retain(|(s, _)| {
+            matches!(
+                s,
+                Step::Request | Step::Route | Step::ClientIp | Step::Token
+            )
+        });
+        outcome = Err((GatewayError::UnknownClient, Phase::Head));
+    }
+
     // --- the report ---
     let mut out = String::new();
     let shown_target = match &outcome {
@@ -483,8 +661,54 @@ async fn decide(
         info_line(&mut out, "keys", note);
     }
     let _ = writeln!(out, "steps:");
+    // What could not be decided without a secret, as the steps met it.
+    let mut open: Vec<String> = Vec::new();
     for (step, detail) in &trace.passed {
-        step_line(&mut out, '✓', step.name(), detail);
+        match (step, &input.unchecked_signature, unread) {
+            (Step::Token, Some(sig), _) => {
+                step_line(
+                    &mut out,
+                    '?',
+                    step.name(),
+                    &format!(
+                        "signature not checked: issuer {:?}'s secret ${} is not set (required at run)",
+                        sig.issuer, sig.env
+                    ),
+                );
+                let checked = detail.strip_prefix("verified: ").unwrap_or(detail);
+                more_line(&mut out, &format!("every other check passes: {checked}"));
+                open.push(format!("the token's signature (${} is not set)", sig.env));
+            }
+            (Step::Client, _, Some(unread)) => {
+                step_line(
+                    &mut out,
+                    '?',
+                    step.name(),
+                    &format!(
+                        "not checked: the metadata source's credential ${} is not set (required at run)",
+                        unread.env
+                    ),
+                );
+                let client = progress.client_id().unwrap_or("-");
+                more_line(
+                    &mut out,
+                    &format!(
+                        "the steps below assume client {client:?} exists, is enabled and admits the client IP{}",
+                        match unread.entitlements_from {
+                            EntitlementsFrom::Token => "",
+                            EntitlementsFrom::Both => ", and that it holds the token's entitlements",
+                            EntitlementsFrom::Metadata =>
+                                ", and that its entitlements are the token's (entitlements_from = \"metadata\")",
+                        }
+                    ),
+                );
+                open.push(format!(
+                    "client {client:?}'s record (${} is not set)",
+                    unread.env
+                ));
+            }
+            _ => step_line(&mut out, '✓', step.name(), detail),
+        }
     }
 
     let code = match &outcome {
@@ -510,6 +734,9 @@ async fn decide(
                     } else {
                         "; caller's Authorization passed on"
                     });
+                    if let Some(env) = unset_credential(&state.config, route, upstream) {
+                        let _ = write!(forward, " (${env}: not set here, required at run)");
+                    }
                 }
                 step_line(&mut out, '→', "forward", &forward);
                 let mut identity = Vec::new();
@@ -524,14 +751,26 @@ async fn decide(
                     identity.push(format!("{h} {v:?} (pinned from the token)"));
                 }
                 more_line(&mut out, &format!("sets {}", identity.join(", ")));
-                let _ = writeln!(
-                    out,
-                    "DECISION: allow — would forward to upstream {name:?} ({target})"
-                );
+                if open.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "DECISION: allow — would forward to upstream {name:?} ({target})"
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "DECISION: unknown — would forward to upstream {name:?} ({target}) if what could not be checked here passes: {}",
+                        open.join("; ")
+                    );
+                }
             } else {
                 let _ = writeln!(out, "DECISION: allow");
             }
-            EXIT_ALLOW
+            if open.is_empty() {
+                EXIT_ALLOW
+            } else {
+                EXIT_UNDECIDED
+            }
         }
         Err((error, phase)) => {
             let step = refusing_step(&trace.passed, error, *phase);
@@ -539,17 +778,113 @@ async fn decide(
             for line in refusal_context(&state, &progress, error, input.token_given) {
                 more_line(&mut out, &line);
             }
+            if step == Step::Token {
+                if let Some(sig) = &input.unchecked_signature {
+                    more_line(
+                        &mut out,
+                        &format!(
+                            "(the signature was not checked: ${} is not set; this refusal does not depend on it)",
+                            sig.env
+                        ),
+                    );
+                }
+            }
             let _ = writeln!(out, "[refused at: {}]", step.name());
-            let _ = writeln!(
-                out,
-                "DECISION: refuse — {} {}: {error}",
-                error.status(),
-                error.code()
-            );
-            EXIT_REFUSE
+            match refusal_depends_on(&state.config, route, unread, &input, error) {
+                Some(what) => {
+                    open.push(what);
+                    let _ = writeln!(
+                        out,
+                        "DECISION: unknown — refused here with {} {}, but what could not be checked here decides it: {}",
+                        error.status(),
+                        error.code(),
+                        open.join("; ")
+                    );
+                    EXIT_UNDECIDED
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "DECISION: refuse — {} {}: {error}",
+                        error.status(),
+                        error.code()
+                    );
+                    EXIT_REFUSE
+                }
+            }
         }
     };
     (code, out)
+}
+
+/// What a refusal hinges on when it cannot be trusted without a secret:
+/// - with `entitlements_from = "metadata"` and an unread client record, the
+///   token's entitlements stood in for the record's, so a refusal for want
+///   of entitlements says nothing (with `"both"` the effective set can only
+///   be smaller than the token's, so such a refusal stands);
+/// - a bad signature on a route that accepts an HMAC issuer whose secret is
+///   not set, when no stand-in signature was made for the token.
+///
+/// Every other refusal stands whatever the missing secrets hold.
+fn refusal_depends_on(
+    config: &Config,
+    route: Option<&crate::config::model::RouteConfig>,
+    unread: Option<&UnreadMetadata>,
+    input: &RequestInput,
+    error: &GatewayError,
+) -> Option<String> {
+    if let Some(unread) = unread {
+        let on_entitlements = match error {
+            GatewayError::InsufficientEntitlements { .. } => true,
+            GatewayError::BodyRule(r) => {
+                matches!(
+                    r.code,
+                    "privilege_escalation" | "field_requires_entitlement"
+                )
+            }
+            _ => false,
+        };
+        if on_entitlements && unread.entitlements_from == EntitlementsFrom::Metadata {
+            return Some(format!(
+                "the client record's entitlements (${} is not set)",
+                unread.env
+            ));
+        }
+    }
+    if matches!(
+        error,
+        GatewayError::InvalidToken(crate::error::TokenFault::BadSignature)
+    ) && input.unchecked_signature.is_none()
+    {
+        let unset_hmac = route
+            .into_iter()
+            .flat_map(|r| r.issuers.iter())
+            .filter_map(|i| config.issuers.get(*i))
+            .find_map(|i| match &i.keys {
+                KeySource::HmacSecret { env, .. } if is_unset(config, env) => Some(env),
+                _ => None,
+            });
+        if let Some(env) = unset_hmac {
+            return Some(format!("the secret in ${env}"));
+        }
+    }
+    None
+}
+
+/// The environment variable of the upstream credential a route would send,
+/// when it is not set here.
+fn unset_credential<'c>(
+    config: &'c Config,
+    route: &crate::config::model::RouteConfig,
+    upstream: Option<&'c Arc<crate::config::model::UpstreamConfig>>,
+) -> Option<&'c str> {
+    if !route.strip_authorization {
+        return None;
+    }
+    let env = match upstream?.auth.as_ref()? {
+        UpstreamAuth::Bearer { env, .. } | UpstreamAuth::Header { env, .. } => env,
+    };
+    is_unset(config, env).then_some(env.as_str())
 }
 
 /// The step that refused: the one after the last that passed (steps run in
@@ -720,6 +1055,10 @@ async fn load_keys(config: &Config, verifier: &Verifier) -> Vec<String> {
                     path.display()
                 ),
             },
+            KeySource::HmacSecret { env, .. } if is_unset(config, env) => format!(
+                "{:?}: shared secret from ${env}, not set here (required at run): signatures are not checked",
+                issuer.name
+            ),
             KeySource::HmacSecret { env, .. } => {
                 format!("{:?}: shared secret from ${env}", issuer.name)
             }

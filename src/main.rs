@@ -37,12 +37,18 @@ enum Command {
         upgrade: bool,
     },
     /// Run the decision pipeline offline for one request and print every step:
-    /// exit 0 for allow, 1 for refuse, 64 for a bad config or arguments.
+    /// exit 0 for allow, 1 for refuse, 2 when a step needs a secret that is
+    /// not set, 64 for a bad config or arguments.
     Explain(portcullis::explain::ExplainArgs),
     /// Validate a config file: exit 0, or print every error and exit 64.
+    /// A secret's environment variable that is not set is a warning.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also require every secret's environment variable (`*_env` keys) to
+        /// be set and non-empty, as `run` does (for a deploy step).
+        #[arg(long)]
+        require_env: bool,
     },
     /// Run the gateway and a demo IAM service, and print curl commands to try.
     Demo {
@@ -115,8 +121,20 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Explain(args) => ExitCode::from(portcullis::explain::run(args)),
-        Command::Check { config } => match portcullis::config::load_file(&config) {
+        Command::Check {
+            config,
+            require_env,
+        } => match portcullis::config::load_file_with(&config, env_mode(require_env)) {
             Ok(loaded) => {
+                // Validated structurally: the secrets `run` will need.
+                for unset in &loaded.config.unset_secrets {
+                    eprintln!(
+                        "{}: {}: {} (required at run)",
+                        config.display(),
+                        unset.path,
+                        unset.reason()
+                    );
+                }
                 for w in &loaded.warnings {
                     eprintln!("{}: warning: {w}", config.display());
                 }
@@ -227,6 +245,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `check` validates the config, not the environment, unless asked to.
+fn env_mode(require_env: bool) -> portcullis::config::EnvMode {
+    if require_env {
+        portcullis::config::EnvMode::Strict
+    } else {
+        portcullis::config::EnvMode::Structural
     }
 }
 

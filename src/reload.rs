@@ -69,6 +69,8 @@ impl Reloader {
     }
 
     fn apply(&self, config: Config) -> Result<String, String> {
+        // Reloads validate strictly; this holds whoever builds the config.
+        config.ensure_servable()?;
         let old = self.state.load_full();
         let (o, n) = (&old.config, &config);
         let fixed = [

@@ -89,6 +89,8 @@ pub fn assemble(config: Config) -> Result<Assembled, String> {
 /// running instance through `server.upgrade_sock` (pingora's zero-downtime
 /// upgrade: the old process hands them over on SIGQUIT).
 pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String> {
+    // A config validated without its secrets holds placeholders: never serve it.
+    config.ensure_servable()?;
     let config = Arc::new(config);
     let state = Arc::new(ArcSwap::from_pointee(GatewayState::build(
         config.clone(),

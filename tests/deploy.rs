@@ -1219,7 +1219,11 @@ fn systemd_unit_is_hardened_and_reloads_with_hup() {
     let start = one("ExecStart");
     let pre = one("ExecStartPre");
     assert!(start.contains(" run --config "), "ExecStart: {start}");
-    assert!(pre.contains(" check --config "), "ExecStartPre: {pre}");
+    // --require-env: on the host that runs it, a missing secret is an error.
+    assert!(
+        pre.contains(" check --require-env --config "),
+        "ExecStartPre: {pre}"
+    );
     assert_eq!(
         start.rsplit_once(' ').map(|(_, c)| c),
         pre.rsplit_once(' ').map(|(_, c)| c),

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
 use common::*;
-use portcullis::explain::{explain, ExplainArgs, Explained, EXIT_ALLOW, EXIT_REFUSE, EXIT_USAGE};
+use portcullis::explain::{
+    explain, ExplainArgs, Explained, EXIT_ALLOW, EXIT_REFUSE, EXIT_UNDECIDED, EXIT_USAGE,
+};
 use serde_json::json;
 
 // === fixtures ===
@@ -724,6 +726,235 @@ fn no_metadata_skips_an_unreachable_metadata_source() {
         out.stdout
     );
     assert!(out.stdout.contains("off (--no-metadata"), "{}", out.stdout);
+}
+
+// === without secrets: what needs one is undecided ===
+
+/// An environment variable no test sets.
+fn never_set(tag: &str) -> String {
+    format!("PORTCULLIS_EXPLAIN_UNSET_{tag}_{}", std::process::id())
+}
+
+/// `[clients]` from an http source (the recording `source`) whose bearer
+/// token comes from a variable that is not set.
+fn http_clients_without_credential(source: &MockUpstream, from: &str) -> String {
+    format!(
+        "[clients]\nsource = \"http\"\nurl = \"{}/v1.0/apiclients/{{client_id}}\"\nbearer_env = {}\nentitlements_from = {}\n",
+        source.url(),
+        toml_str(&never_set("METADATA")),
+        toml_str(from)
+    )
+}
+
+/// The `? STEP` line.
+fn undecided_line<'a>(out: &'a Explained, step: &str) -> &'a str {
+    let prefix = format!("  ? {step} ");
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}{}", out.stdout, out.stderr))
+}
+
+#[test]
+fn metadata_without_its_credential_is_undecided_and_never_asked() {
+    let source = MockUpstream::start();
+    let dir = TempDir::new();
+    let config = write_config(&dir, &http_clients_without_credential(&source, "both"));
+    let tok = token("client-1", &["readAPIClients"]);
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--token",
+        &tok,
+        "GET",
+        "/v1.0/apiclients",
+    ]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, EXIT_UNDECIDED, "{all}");
+    assert!(
+        undecided_line(&out, "client").contains(&format!("${} is not set", never_set("METADATA"))),
+        "{all}"
+    );
+    assert!(
+        decision(&out).starts_with(
+            "DECISION: unknown — would forward to upstream \"verify\" (https://tenant.verify.test:443) if what could not be checked here passes: client \"client-1\"'s record"
+        ),
+        "{all}"
+    );
+    // The later steps still ran, under a stated assumption.
+    assert_eq!(
+        passed_steps(&out),
+        ["request", "route", "client ip", "token", "entitlements"],
+        "{all}"
+    );
+    assert!(all.contains("holds the token's entitlements"), "{all}");
+    assert!(
+        out.stderr
+            .contains("clients.bearer_env: environment variable")
+            && out.stderr.contains("(required at run)"),
+        "{all}"
+    );
+    assert_eq!(
+        source.count(),
+        0,
+        "the source was asked without a credential"
+    );
+    assert_no_token(&out, &tok);
+
+    // --no-metadata is the caller's choice, not an unknown.
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--token",
+        &tok,
+        "--no-metadata",
+        "GET",
+        "/v1.0/apiclients",
+    ]);
+    assert_allowed(&out);
+    assert_eq!(source.count(), 0);
+}
+
+#[test]
+fn a_refusal_that_needs_no_secret_stands_without_one() {
+    let source = MockUpstream::start();
+    let dir = TempDir::new();
+    let config = write_config(&dir, &http_clients_without_credential(&source, "both"));
+    let path = config.to_str().unwrap();
+
+    // "both": the effective set is at most the token's, so too few stays too few.
+    let weak = token("client-1", &["readAPIClients"]);
+    let out = run(&[
+        "--config",
+        path,
+        "--token",
+        &weak,
+        "PUT",
+        "/v1.0/apiclients/other",
+    ]);
+    assert_refusal(&out, 403, "insufficient_entitlements", "entitlements");
+    undecided_line(&out, "client");
+
+    // A token naming no client is refused before the source would be asked.
+    let anonymous = TokenBuilder::new(&TestKey::rsa())
+        .without("client_id")
+        .entitlements(&["readAPIClients"])
+        .build();
+    let out = run(&[
+        "--config",
+        path,
+        "--token",
+        &anonymous,
+        "GET",
+        "/v1.0/apiclients",
+    ]);
+    assert_refusal(&out, 403, "unknown_client", "client");
+
+    // Refused before the client step: nothing is undecided.
+    let out = run(&["--config", path, "GET", "/v1.0/apiclients"]);
+    assert_refusal(&out, 401, "missing_token", "token");
+    assert_eq!(source.count(), 0);
+}
+
+#[test]
+fn entitlements_from_metadata_without_the_record_are_undecided() {
+    let source = MockUpstream::start();
+    let dir = TempDir::new();
+    let config = write_config(&dir, &http_clients_without_credential(&source, "metadata"));
+    let weak = token("client-1", &["readAPIClients"]);
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--token",
+        &weak,
+        "PUT",
+        "/v1.0/apiclients/other",
+    ]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, EXIT_UNDECIDED, "{all}");
+    assert!(
+        decision(&out).starts_with(
+            "DECISION: unknown — refused here with 403 insufficient_entitlements, but what could not be checked here decides it"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("entitlements_from = \"metadata\""), "{all}");
+    assert_eq!(source.count(), 0);
+}
+
+#[test]
+fn hmac_issuer_without_its_secret_checks_all_but_the_signature() {
+    let dir = TempDir::new();
+    let var = never_set("HMAC");
+    let toml = ConfigBuilder::new()
+        .raw(&format!(
+            "[catalogs.verify]\nfile = {}\nofferings = [\"CIC\"]\n",
+            toml_str(&catalog_file())
+        ))
+        .raw(&format!(
+            "[[issuers]]\nname = \"hs\"\nissuer = \"https://hs.test\"\nalgorithms = [\"HS256\"]\nhmac_secret_env = {}\n",
+            toml_str(&var)
+        ))
+        .upstream("verify", "https://tenant.verify.test", "")
+        .raw(ROUTES)
+        .build();
+    let config = dir.write("hs.toml", toml.as_bytes());
+    let path = config.to_str().unwrap();
+    let key = TestKey::hmac(b"whatever-the-caller-signed-with-0123456789");
+    let mint = |exp_in: i64| {
+        TokenBuilder::new(&key)
+            .iss("https://hs.test")
+            .entitlements(&["readAPIClients"])
+            .exp_in(exp_in)
+            .build()
+    };
+
+    let good = mint(300);
+    let out = run(&[
+        "--config",
+        path,
+        "--token",
+        &good,
+        "GET",
+        "/v1.0/apiclients",
+    ]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, EXIT_UNDECIDED, "{all}");
+    assert!(
+        undecided_line(&out, "token").contains(&format!("${var} is not set")),
+        "{all}"
+    );
+    assert!(all.contains("every other check passes"), "{all}");
+    assert_no_token(&out, &good);
+
+    // Expired whatever the secret: a decided refusal at the token step.
+    let expired = mint(-3600);
+    let out = run(&[
+        "--config",
+        path,
+        "--token",
+        &expired,
+        "GET",
+        "/v1.0/apiclients",
+    ]);
+    assert_refusal(&out, 401, "token_expired", "token");
+    assert!(
+        out.stdout.contains("the signature was not checked"),
+        "{}",
+        out.stdout
+    );
+    assert_no_token(&out, &expired);
+
+    // Too few entitlements whatever the secret: refused.
+    let out = run(&[
+        "--config",
+        path,
+        "--token",
+        &good,
+        "PUT",
+        "/v1.0/apiclients/x",
+    ]);
+    assert_refusal(&out, 403, "insufficient_entitlements", "entitlements");
 }
 
 // === keys from a JWKS URL ===

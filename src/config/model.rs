@@ -39,6 +39,12 @@ pub struct Config {
     /// upstream's `auth` header): never nominated in `Connection`, never
     /// accepted under a `_` alias, on any route.
     pub protected_headers: Vec<String>,
+    /// Secrets whose environment variable was missing or empty when the file
+    /// was validated in [`EnvMode::Structural`](super::EnvMode::Structural)
+    /// (`check`, `explain`); always empty in strict mode (`run`, reloads).
+    /// Each stands in the config as a random placeholder, so a config with
+    /// any of them must never serve: see [`Config::ensure_servable`].
+    pub unset_secrets: Vec<UnsetSecret>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +125,26 @@ pub struct Secret(pub Vec<u8>);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A secret (`*_env` key) whose environment variable was missing or empty
+/// during a structural validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsetSecret {
+    /// Key path of the `*_env` key, e.g. `clients.client_secret_env`.
+    pub path: String,
+    /// The environment variable it names.
+    pub env: String,
+    /// Set but empty, rather than not set.
+    pub empty: bool,
+}
+
+impl UnsetSecret {
+    /// `environment variable NAME is not set` (or `is empty`).
+    pub fn reason(&self) -> String {
+        let state = if self.empty { "is empty" } else { "is not set" };
+        format!("environment variable {} {state}", self.env)
     }
 }
 
@@ -243,6 +269,25 @@ pub struct RouteConfig {
 }
 
 impl Config {
+    /// Refuses a config validated without its secrets: its placeholders
+    /// would verify nothing a real issuer signed and send upstreams a
+    /// credential nobody issued. `server::assemble` and reloads call this.
+    pub fn ensure_servable(&self) -> Result<(), String> {
+        if self.unset_secrets.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = self
+            .unset_secrets
+            .iter()
+            .map(|u| format!("{}: {}", u.path, u.reason()))
+            .collect();
+        Err(format!(
+            "{}: validated without its secrets, cannot serve: {}",
+            self.source.display(),
+            list.join("; ")
+        ))
+    }
+
     /// Top-level claims any route reads after verification (`pin_headers`).
     pub fn claims_read_by_routes(&self) -> Vec<String> {
         let mut names: Vec<String> = self

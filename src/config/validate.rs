@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::model::*;
 use super::raw::*;
-use super::{ConfigError, Loaded};
+use super::{ConfigError, EnvMode, Loaded};
 use crate::policy::body::{BodyPolicy, CatalogRef};
 use crate::policy::catalog::Catalog;
 use crate::policy::client_ip::ClientIpHeader;
@@ -35,8 +35,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
 ];
 
-/// Where errors accumulate while validating.
-struct Errors(Vec<ConfigError>);
+/// Where errors accumulate while validating; secrets whose environment
+/// variable is missing go to the second list (see [`env_secret`]).
+struct Errors(Vec<ConfigError>, Vec<UnsetSecret>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -47,9 +48,10 @@ impl Errors {
     }
 }
 
-/// Validate config text; `origin` anchors relative paths.
-pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
-    let mut errs = Errors(Vec::new());
+/// Validate config text; `origin` anchors relative paths; `mode` says
+/// whether a secret missing from the environment is an error.
+pub fn validate(text: &str, origin: &Path, mode: EnvMode) -> Result<Loaded, Vec<ConfigError>> {
+    let mut errs = Errors(Vec::new(), Vec::new());
     let base_dir = origin
         .parent()
         .map(Path::to_path_buf)
@@ -161,6 +163,15 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
         }
     }
 
+    // Every section was validated with placeholders for missing secrets, so
+    // a missing secret is reported once, under its own key, and never as
+    // "refers to the invalid upstream" on every route that names it.
+    let unset_secrets = std::mem::take(&mut errs.1);
+    if mode == EnvMode::Strict {
+        for unset in &unset_secrets {
+            errs.push(unset.path.clone(), unset.reason());
+        }
+    }
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
@@ -210,6 +221,7 @@ pub fn validate(text: &str, origin: &Path) -> Result<Loaded, Vec<ConfigError>> {
             clients,
             log,
             hash: config_hash(text),
+            unset_secrets,
         },
         warnings,
     })
@@ -1480,24 +1492,34 @@ fn check_url(url: &str, path: &str, errs: &mut Errors) -> Option<reqwest::Url> {
 }
 
 /// Read a secret from the environment. The value is never printed.
+///
+/// A missing or empty variable is recorded in `errs.1` (an error in strict
+/// mode, a warning in structural mode, decided once at the end) and a
+/// [`placeholder_secret`] is returned, so validation goes on as if it were
+/// set: the key's section is built, and nothing that refers to it is
+/// reported as invalid because of the environment. The return type stays an
+/// `Option` for callers that treat a secret as absent.
 fn env_secret(env: &str, path: &str, errs: &mut Errors) -> Option<Secret> {
-    match std::env::var_os(env) {
-        Some(v) if !v.is_empty() => Some(Secret(v.into_encoded_bytes())),
-        Some(_) => {
-            errs.push(
-                path.to_string(),
-                format!("environment variable {env} is empty"),
-            );
-            None
-        }
-        None => {
-            errs.push(
-                path.to_string(),
-                format!("environment variable {env} is not set"),
-            );
-            None
-        }
-    }
+    let empty = match std::env::var_os(env) {
+        Some(v) if !v.is_empty() => return Some(Secret(v.into_encoded_bytes())),
+        Some(_) => true,
+        None => false,
+    };
+    errs.1.push(UnsetSecret {
+        path: path.to_string(),
+        env: env.to_string(),
+        empty,
+    });
+    Some(placeholder_secret())
+}
+
+/// What stands in for a missing secret in a structurally validated config:
+/// 64 characters of fresh randomness (hex of 32 random bytes), so it is long
+/// enough for every HMAC algorithm (RFC 7518 §3.2), a valid header value,
+/// and guessable by nobody: no token can be forged against it. Such a config
+/// never serves ([`Config::ensure_servable`]).
+fn placeholder_secret() -> Secret {
+    Secret(hex::encode(rand::random::<[u8; 32]>()).into_bytes())
 }
 
 /// `"; did you mean \"x\"?"` when a candidate is close enough, else `""`.
