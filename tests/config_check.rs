@@ -361,3 +361,51 @@ fn load_str_warns_about_a_shadowed_route() {
         loaded.warnings
     );
 }
+
+/// Two proxy listeners on one address, and the admin listener on a proxy
+/// address (through a wildcard): pingora would hand one socket to both.
+const SHARED_LISTENERS: &str = r#"
+[server]
+listen = ["127.0.0.1:18080", "127.0.0.1:18080", "0.0.0.0:18081"]
+
+[admin]
+listen = "127.0.0.1:18081"
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:1"
+
+[[routes]]
+name = "open"
+path = "/open"
+upstream = "app"
+auth = "none"
+"#;
+
+#[test]
+fn check_refuses_listeners_that_share_an_address() {
+    let dir = Scratch::new("shared-listeners");
+    let path = write(&dir, "listeners.toml", SHARED_LISTENERS);
+    let out = check(&path);
+    assert_eq!(out.code, Some(64), "exit code; output:\n{}", out.all());
+    let line = |key: &str, other: &str| {
+        out.stderr
+            .lines()
+            .any(|l| l.contains(&format!("{key}: ")) && l.contains(other))
+    };
+    assert!(
+        line("server.listen[1]", "server.listen[0]"),
+        "no error for the repeated proxy address:\n{}",
+        out.stderr
+    );
+    assert!(
+        line("admin.listen", "server.listen[2]"),
+        "no error for the admin address under the wildcard:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("2 error(s)"),
+        "expected exactly two errors:\n{}",
+        out.stderr
+    );
+}
