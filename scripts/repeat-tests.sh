@@ -32,7 +32,13 @@ declare -A exe
 for t in "$@"; do
     # The executable cargo reports for this test file.
     path=$(cargo test --no-run --test "$t" --message-format=json 2>/dev/null |
-        grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/' | tail -1)
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target") or {}
+    if m.get("executable") and t.get("name") == sys.argv[1] and "test" in t.get("kind", []):
+        print(m["executable"])' "$t")
     [ -x "$path" ] || { echo "no executable for test $t" >&2; exit 1; }
     cp "$path" "$out/bin/$t"
     exe[$t]="$out/bin/$t"
