@@ -179,7 +179,10 @@ fn free_ports_stay_reserved_for_the_process() {
             landed.push(p);
         }
     }
-    assert!(landed.is_empty(), "bind(:0) was given reserved ports {landed:?}");
+    assert!(
+        landed.is_empty(),
+        "bind(:0) was given reserved ports {landed:?}"
+    );
 
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
     assert!(

@@ -433,87 +433,6 @@ fn wildcard_covers(wildcard: std::net::IpAddr, other: std::net::IpAddr) -> bool 
     }
 }
 
-#[cfg(test)]
-mod listener_tests {
-    use super::*;
-
-    fn errors(listen: &[&str], admin: &str) -> Vec<String> {
-        let listen: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
-        let mut errs = Errors(Vec::new());
-        shared_listeners(&listen, admin, &mut errs);
-        errs.0
-            .iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect()
-    }
-
-    #[test]
-    fn distinct_listeners_pass() {
-        assert!(errors(
-            &["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8081"],
-            "127.0.0.1:9090"
-        )
-        .is_empty());
-        // IPv4 wildcard and an IPv6 address: separate sockets for the kernel.
-        assert!(errors(&["0.0.0.0:8080", "[::1]:8080"], "127.0.0.1:9090").is_empty());
-        // Port 0 on different addresses: two kernel-chosen ports.
-        assert!(errors(&["127.0.0.1:0", "0.0.0.0:0"], "127.0.0.2:0").is_empty());
-    }
-
-    #[test]
-    fn the_same_address_twice_is_refused_with_both_paths() {
-        let e = errors(&["127.0.0.1:8080", "127.0.0.1:8080"], "127.0.0.1:9090");
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].starts_with("server.listen[1]: ") && e[0].contains("server.listen[0]"),
-            "{e:?}"
-        );
-    }
-
-    #[test]
-    fn the_admin_listener_on_a_proxy_address_is_refused() {
-        let e = errors(&["127.0.0.1:8080"], "127.0.0.1:8080");
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].starts_with("admin.listen: ") && e[0].contains("server.listen[0]"),
-            "{e:?}"
-        );
-    }
-
-    #[test]
-    fn a_wildcard_overlaps_every_address_on_its_port() {
-        for (listen, admin) in [
-            (&["0.0.0.0:8080"][..], "127.0.0.1:8080"),
-            (&["127.0.0.1:8080"][..], "0.0.0.0:8080"),
-            (&["[::]:8080"][..], "127.0.0.1:8080"),
-            (&["[::]:8080"][..], "[::1]:8080"),
-            (&["[::]:8080"][..], "0.0.0.0:8080"),
-            (&["[::ffff:127.0.0.1]:8080"][..], "127.0.0.1:8080"),
-        ] {
-            assert_eq!(errors(listen, admin).len(), 1, "{listen:?} and {admin}");
-        }
-        assert!(errors(&["0.0.0.0:8080"], "127.0.0.1:8081").is_empty());
-    }
-
-    #[test]
-    fn port_zero_twice_on_one_address_is_refused() {
-        // pingora would give both listeners the one socket bound for that text.
-        let e = errors(&["127.0.0.1:0", "127.0.0.1:0"], "127.0.0.1:9090");
-        assert_eq!(e.len(), 1, "{e:?}");
-        let e = errors(&["127.0.0.1:0"], "127.0.0.1:0");
-        assert_eq!(e.len(), 1, "{e:?}");
-    }
-
-    #[test]
-    fn every_duplicate_is_reported() {
-        let e = errors(
-            &["127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1:8080"],
-            "127.0.0.1:8080",
-        );
-        assert_eq!(e.len(), 3, "{e:?}");
-    }
-}
-
 // === [[issuers]] ===
 
 fn issuer_config(
@@ -1600,4 +1519,85 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    fn errors(listen: &[&str], admin: &str) -> Vec<String> {
+        let listen: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
+        let mut errs = Errors(Vec::new());
+        shared_listeners(&listen, admin, &mut errs);
+        errs.0
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn distinct_listeners_pass() {
+        assert!(errors(
+            &["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8081"],
+            "127.0.0.1:9090"
+        )
+        .is_empty());
+        // IPv4 wildcard and an IPv6 address: separate sockets for the kernel.
+        assert!(errors(&["0.0.0.0:8080", "[::1]:8080"], "127.0.0.1:9090").is_empty());
+        // Port 0 on different addresses: two kernel-chosen ports.
+        assert!(errors(&["127.0.0.1:0", "0.0.0.0:0"], "127.0.0.2:0").is_empty());
+    }
+
+    #[test]
+    fn the_same_address_twice_is_refused_with_both_paths() {
+        let e = errors(&["127.0.0.1:8080", "127.0.0.1:8080"], "127.0.0.1:9090");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("server.listen[1]: ") && e[0].contains("server.listen[0]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_on_a_proxy_address_is_refused() {
+        let e = errors(&["127.0.0.1:8080"], "127.0.0.1:8080");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("admin.listen: ") && e[0].contains("server.listen[0]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_overlaps_every_address_on_its_port() {
+        for (listen, admin) in [
+            (&["0.0.0.0:8080"][..], "127.0.0.1:8080"),
+            (&["127.0.0.1:8080"][..], "0.0.0.0:8080"),
+            (&["[::]:8080"][..], "127.0.0.1:8080"),
+            (&["[::]:8080"][..], "[::1]:8080"),
+            (&["[::]:8080"][..], "0.0.0.0:8080"),
+            (&["[::ffff:127.0.0.1]:8080"][..], "127.0.0.1:8080"),
+        ] {
+            assert_eq!(errors(listen, admin).len(), 1, "{listen:?} and {admin}");
+        }
+        assert!(errors(&["0.0.0.0:8080"], "127.0.0.1:8081").is_empty());
+    }
+
+    #[test]
+    fn port_zero_twice_on_one_address_is_refused() {
+        // pingora would give both listeners the one socket bound for that text.
+        let e = errors(&["127.0.0.1:0", "127.0.0.1:0"], "127.0.0.1:9090");
+        assert_eq!(e.len(), 1, "{e:?}");
+        let e = errors(&["127.0.0.1:0"], "127.0.0.1:0");
+        assert_eq!(e.len(), 1, "{e:?}");
+    }
+
+    #[test]
+    fn every_duplicate_is_reported() {
+        let e = errors(
+            &["127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1:8080"],
+            "127.0.0.1:8080",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pipeline::Progress;
+use crate::shutdown::InFlightGuard;
 
 /// What one request has established so far. A snapshot of the live state is
 /// taken at the start, so a reload never changes the rules mid-request.
@@ -28,6 +29,8 @@ pub struct RequestCtx {
     /// Upstream address attempts (bounded retries on connect failure).
     pub attempts: usize,
     pub upstream_started: Option<Instant>,
+    /// Held for the request's life: a shutdown waits for it.
+    pub in_flight: Option<InFlightGuard>,
 }
 
 impl RequestCtx {
@@ -44,6 +47,7 @@ impl RequestCtx {
             streamed_body_bytes: 0,
             attempts: 0,
             upstream_started: None,
+            in_flight: None,
         }
     }
 }

@@ -74,7 +74,10 @@ pub fn free_port() -> u16 {
     socket
         .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .expect("reserve a port: bind 127.0.0.1:0");
-    let port = socket.local_addr().expect("reserve a port: local_addr").port();
+    let port = socket
+        .local_addr()
+        .expect("reserve a port: local_addr")
+        .port();
     lock(&RESERVED_PORTS).push(socket);
     port
 }
