@@ -1704,6 +1704,51 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
 }
 
 #[test]
+fn sigterm_gives_up_on_requests_still_in_flight_at_the_shutdown_timeout() {
+    let dir = TempDir::new("sigterm-timeout");
+    let up = MockUpstream::start();
+    up.set_delay(Duration::from_secs(5));
+    let jwks = MockJwks::start(standard_jwks());
+    let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 1);
+    let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
+    assert!(
+        wait_ready(admin, Duration::from_secs(10)),
+        "the gateway did not become ready within 10 s; log:\n{}",
+        gw.log_text()
+    );
+    let in_flight = std::thread::spawn(move || {
+        try_send_raw(proxy, &build_request("GET", "/public/stuck", &[], None))
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || up.count() >= 1),
+        "the request never reached the upstream; log:\n{}",
+        gw.log_text()
+    );
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    let exit = gw.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    let resp = in_flight.join().expect("request thread");
+    let log = gw.log_text();
+    let status = exit
+        .unwrap_or_else(|| panic!("the gateway was still running 10 s after SIGTERM; log:\n{log}"));
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}; log:\n{log}"
+    );
+    println!("stuck request: gateway exited {took:?} after SIGTERM (shutdown_timeout_seconds = 1)");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+        "exited {took:?} after SIGTERM; expected about shutdown_timeout_seconds = 1; log:\n{log}"
+    );
+    assert!(
+        resp.is_err(),
+        "the request slower than the shutdown timeout was answered: {:?}",
+        resp.map(|r| r.describe())
+    );
+}
+
+#[test]
 fn sigquit_hands_the_listeners_to_an_upgraded_process() {
     let help = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--help"])
