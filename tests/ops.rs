@@ -1473,6 +1473,19 @@ fn subprocess_config_with(
     (path, proxy, admin)
 }
 
+/// Whether the gateway is ready (`/readyz` 200) and its proxy listener
+/// accepts, within `timeout`. Readiness alone is not enough: pingora starts
+/// the admin service before the proxy, so `/readyz` can answer before the
+/// proxy port is bound. (The port is reserved by `free_port`: an accepted
+/// connection is this gateway's.)
+fn serving(proxy: SocketAddr, admin: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    wait_ready(admin, timeout)
+        && wait_until(deadline.saturating_duration_since(Instant::now()), || {
+            std::net::TcpStream::connect_timeout(&proxy, Duration::from_millis(200)).is_ok()
+        })
+}
+
 /// A keep-alive connection that has had one request answered and now sits
 /// idle between requests.
 fn idle_keepalive_connection(proxy: SocketAddr) -> std::net::TcpStream {
@@ -1558,8 +1571,8 @@ fn sigterm_on_an_idle_gateway_exits_within_a_second() {
     let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 30);
     let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
     assert!(
-        wait_ready(admin, Duration::from_secs(10)),
-        "the gateway did not become ready within 10 s; log:\n{}",
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
         gw.log_text()
     );
     // Neither a keep-alive connection idle between requests nor one that
@@ -1606,8 +1619,8 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 30);
     let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
     assert!(
-        wait_ready(admin, Duration::from_secs(10)),
-        "the gateway did not become ready within 10 s; log:\n{}",
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
         gw.log_text()
     );
     let mut keepalive = idle_keepalive_connection(proxy);
@@ -1712,8 +1725,8 @@ fn sigterm_gives_up_on_requests_still_in_flight_at_the_shutdown_timeout() {
     let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 1);
     let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
     assert!(
-        wait_ready(admin, Duration::from_secs(10)),
-        "the gateway did not become ready within 10 s; log:\n{}",
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
         gw.log_text()
     );
     let in_flight = std::thread::spawn(move || {
@@ -1767,8 +1780,8 @@ fn sigquit_hands_the_listeners_to_an_upgraded_process() {
     let sock = dir.path("upgrade.sock");
     let mut a = Proc::spawn(&config, false, dir.path("a.log"));
     assert!(
-        wait_ready(admin, Duration::from_secs(10)),
-        "instance A did not become ready within 10 s; log:\n{}",
+        serving(proxy, admin, Duration::from_secs(10)),
+        "instance A was not ready and listening within 10 s; log:\n{}",
         a.log_text()
     );
 
