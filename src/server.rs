@@ -11,7 +11,7 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
-use pingora_proxy::http_proxy_service_with_name;
+use pingora_proxy::http_proxy;
 
 use tokio::sync::Notify;
 
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
-use crate::shutdown::{Drain, Drainable, SignalShutdown};
+use crate::shutdown::{Drain, DrainGrace, Drainable, SignalShutdown, FRESH_CONNECTION_GRACE};
 
 /// Everything that runs for a config: the server and its shared state.
 pub struct Assembled {
@@ -151,10 +151,16 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
     let drain = Drain::new(
         gateway.in_flight(),
         config.server.shutdown_timeout,
+        FRESH_CONNECTION_GRACE,
         config.server.upgrade_sock.to_string_lossy().into_owned(),
     );
-    let mut proxy =
-        http_proxy_service_with_name(&server.configuration, gateway, "portcullis proxy");
+    let mut proxy = Service::new(
+        "portcullis proxy".to_string(),
+        DrainGrace::new(
+            http_proxy(&server.configuration, gateway),
+            FRESH_CONNECTION_GRACE,
+        ),
+    );
     for addr in &config.server.listen {
         match &config.server.tls {
             None => proxy.add_tcp(addr),

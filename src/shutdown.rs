@@ -8,11 +8,15 @@
 //! 1. SIGTERM: `/readyz` answers 503 from now on ([`Drain::is_draining`]);
 //! 2. the proxy service's own shutdown watch flips ([`Drainable`]): pingora
 //!    ends its accept loops and closes the proxy listeners (new connections
-//!    are refused), wakes and closes keep-alive connections idle between
-//!    requests, and keeps no connection alive after its current request;
-//! 3. wait until no request is in flight ([`InFlight`]), at most
-//!    `server.shutdown_timeout_seconds`;
-//! 4. return `GracefulTerminate`; with a zero grace period pingora then stops
+//!    are refused), and keeps no connection alive after its current request;
+//! 3. after [`FRESH_CONNECTION_GRACE`] ([`DrainGrace`]) pingora closes the
+//!    connections still waiting for a request head — keep-alive connections
+//!    idle between requests, and connections accepted just before the stop
+//!    whose first request is still on its way (closing those at once would
+//!    drop a request the client has sent);
+//! 4. wait until no request is in flight ([`InFlight`]), at most
+//!    `server.shutdown_timeout_seconds` from the signal;
+//! 5. return `GracefulTerminate`; with a zero grace period pingora then stops
 //!    the admin listener and the background services and returns at once.
 //!
 //! SIGQUIT (zero-downtime upgrade) first hands the listening sockets to the
@@ -26,10 +30,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
 use pingora_core::server::RuntimeOpts;
 use pingora_core::server::{ListenFds, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::sync::{watch, Notify};
+
+/// How long a connection accepted before the proxy stopped may take to
+/// deliver its request head before it is closed unanswered.
+pub const FRESH_CONNECTION_GRACE: Duration = Duration::from_millis(250);
+
+/// Time for the connections woken at the end of the grace to run, so that a
+/// request whose head made it is counted in flight before the drain looks.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// How long an old process keeps accepting after handing its sockets over
 /// (pingora's `CLOSE_TIMEOUT`): the new process starts its listeners meanwhile.
@@ -98,17 +112,26 @@ pub struct Drain {
     /// pingora's table of listening sockets, seen when the proxy starts.
     listen_fds: Mutex<Option<ListenFds>>,
     timeout: Duration,
+    /// [`FRESH_CONNECTION_GRACE`] (the proxy's [`DrainGrace`]).
+    grace: Duration,
     upgrade_sock: String,
 }
 
 impl Drain {
-    pub fn new(in_flight: Arc<InFlight>, timeout: Duration, upgrade_sock: String) -> Arc<Drain> {
+    /// `grace`: the proxy app's [`DrainGrace`] (normally [`FRESH_CONNECTION_GRACE`]).
+    pub fn new(
+        in_flight: Arc<InFlight>,
+        timeout: Duration,
+        grace: Duration,
+        upgrade_sock: String,
+    ) -> Arc<Drain> {
         Arc::new(Drain {
             in_flight,
             draining: AtomicBool::new(false),
             stop_proxy: watch::channel(false).0,
             listen_fds: Mutex::new(None),
             timeout,
+            grace,
             upgrade_sock,
         })
     }
@@ -123,8 +146,8 @@ impl Drain {
         self.stop_proxy.send_replace(true);
     }
 
-    /// Stop accepting, then wait for the requests in flight (at most the
-    /// shutdown timeout).
+    /// Stop accepting, give fresh connections their grace, then wait for
+    /// the requests in flight (at most the shutdown timeout in all).
     async fn drain(&self) {
         let started = Instant::now();
         self.stop_proxy();
@@ -133,7 +156,11 @@ impl Drain {
             in_flight = left,
             "shutdown: proxy listeners closed, draining"
         );
-        match tokio::time::timeout(self.timeout, self.in_flight.idle()).await {
+        let wait = async {
+            tokio::time::sleep(self.grace + SETTLE).await;
+            self.in_flight.idle().await;
+        };
+        match tokio::time::timeout(self.timeout, wait).await {
             Ok(()) => tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "shutdown: no request in flight, exiting"
@@ -174,6 +201,42 @@ impl Drain {
             ),
             Err(e) => tracing::error!(error = %e, "upgrade: the send task failed"),
         }
+    }
+}
+
+// === impl DrainGrace ===
+
+/// A pingora app (the proxy) whose cleanup — called once its accept loops
+/// end, it closes every connection waiting for a request head — runs after
+/// [`FRESH_CONNECTION_GRACE`]: a client that connected just before the stop
+/// still gets its first request answered (without keep-alive).
+pub struct DrainGrace<A> {
+    inner: Arc<A>,
+    grace: Duration,
+}
+
+impl<A> DrainGrace<A> {
+    pub fn new(inner: A, grace: Duration) -> DrainGrace<A> {
+        DrainGrace {
+            inner: Arc::new(inner),
+            grace,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for DrainGrace<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.inner.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        tokio::time::sleep(self.grace).await;
+        self.inner.cleanup().await;
     }
 }
 
@@ -328,7 +391,12 @@ mod tests {
     #[tokio::test]
     async fn drain_stops_the_proxy_and_gives_up_at_the_timeout() {
         let in_flight = InFlight::new();
-        let drain = Drain::new(in_flight.clone(), Duration::from_millis(200), String::new());
+        let drain = Drain::new(
+            in_flight.clone(),
+            Duration::from_millis(200),
+            Duration::ZERO,
+            String::new(),
+        );
         let mut proxy = drain.stop_proxy.subscribe();
         let _stuck = in_flight.enter();
         let started = Instant::now();

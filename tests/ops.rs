@@ -1717,6 +1717,57 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
 }
 
 #[test]
+fn sigterm_answers_the_first_request_of_a_connection_accepted_before_it() {
+    use std::io::Read as _;
+    let dir = TempDir::new("sigterm-fresh");
+    let up = MockUpstream::start();
+    let jwks = MockJwks::start(standard_jwks());
+    let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 30);
+    let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
+    assert!(
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
+        gw.log_text()
+    );
+    // Connected (and accepted by the gateway) before the signal; the
+    // request head only follows it — as when a client's bytes are a moment
+    // behind its connect.
+    let mut conn = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(2))
+        .expect("connect to the proxy");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    std::thread::sleep(Duration::from_millis(100));
+    gw.signal("TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    let written = conn.write_all(b"GET /public/late HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let exit = gw.wait_exit(Duration::from_secs(10));
+    let log = gw.log_text();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        written.is_ok() && text.starts_with("HTTP/1.1 200"),
+        "the request sent 100 ms after SIGTERM on a connection accepted before it: \
+         write {written:?}, read {read:?}, answer {text:?}; log:\n{log}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "the answer during the drain keeps the connection alive: {text:?}"
+    );
+    assert_eq!(
+        up.count(),
+        1,
+        "the upstream did not get the late request once"
+    );
+    let status = exit
+        .unwrap_or_else(|| panic!("the gateway was still running 10 s after SIGTERM; log:\n{log}"));
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}; log:\n{log}"
+    );
+}
+
+#[test]
 fn sigterm_gives_up_on_requests_still_in_flight_at_the_shutdown_timeout() {
     let dir = TempDir::new("sigterm-timeout");
     let up = MockUpstream::start();
