@@ -1,7 +1,8 @@
 //! The admin listener: health, readiness and the mutating admin endpoints.
 //!
 //! `GET /metrics` — Prometheus text format. `GET /healthz` — the process is alive. `GET /readyz` — a config is loaded
-//! and every issuer has keys (503 with a JSON reason otherwise).
+//! and every issuer has keys, and no shutdown has begun (503 with a JSON
+//! reason otherwise).
 //! `POST /admin/clients/{client_id}/invalidate` and
 //! `POST /admin/clients/invalidate-all` — evict cached client metadata;
 //! `POST /admin/reload` — re-read the config file (as SIGHUP does). They
@@ -19,11 +20,13 @@ use pingora_core::protocols::http::ServerSession;
 use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
 use crate::reload::Reloader;
+use crate::shutdown::Drain;
 
 pub struct AdminApp {
     state: Arc<ArcSwap<GatewayState>>,
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
+    drain: Option<Arc<Drain>>,
 }
 
 impl AdminApp {
@@ -36,7 +39,14 @@ impl AdminApp {
             state,
             metrics,
             reloader,
+            drain: None,
         }
+    }
+
+    /// `/readyz` answers 503 once `drain` has begun (SIGTERM).
+    pub fn with_drain(mut self, drain: Arc<Drain>) -> AdminApp {
+        self.drain = Some(drain);
+        self
     }
 }
 
@@ -106,6 +116,10 @@ impl AdminApp {
                     .unwrap_or_default()
             }
             ("GET", "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            ("GET", "/readyz") if self.drain.as_ref().is_some_and(|d| d.is_draining()) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "not_ready", "reason": "shutting down"}),
+            ),
             ("GET", "/readyz") => {
                 let missing: Vec<&str> = state
                     .config

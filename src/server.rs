@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::state::GatewayState;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
+use crate::shutdown::{Drain, Drainable, SignalShutdown, FRESH_CONNECTION_GRACE};
 
 /// Everything that runs for a config: the server and its shared state.
 pub struct Assembled {
@@ -27,6 +28,18 @@ pub struct Assembled {
     pub state: Arc<ArcSwap<GatewayState>>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    /// The shutdown sequence; [`Assembled::signals`] drives it.
+    pub drain: Arc<Drain>,
+}
+
+impl Assembled {
+    /// The signal handling of a gateway process (SIGTERM drains and exits,
+    /// SIGQUIT upgrades, SIGINT stops at once): see [`crate::shutdown`].
+    pub fn signals(&self) -> RunArgs {
+        RunArgs {
+            shutdown_signal: Box::new(SignalShutdown::new(self.drain.clone())),
+        }
+    }
 }
 
 /// Runs the key refreshers of the live verifier; follows it across reloads.
@@ -116,10 +129,13 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
         // handle across runtimes, so a second server started in the same
         // process (the test suite does that) never gets its listener running.
         work_stealing: true,
-        // On SIGTERM pingora keeps serving for the grace period (requests in
-        // flight finish), then stops its runtimes.
-        grace_period_seconds: Some(config.server.shutdown_timeout.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // Our signal watch drains the proxy before it hands pingora the
+        // signal (crate::shutdown), so pingora's fixed grace period — a sleep
+        // that an idle gateway waited out too — is not needed. Stopping the
+        // runtimes then cancels their tasks and waits this long for blocking
+        // ones (a reload reading its file).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         pid_file: config.server.pid_file.to_string_lossy().into_owned(),
         ..ServerConf::default()
@@ -131,18 +147,25 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    let gateway = Gateway::new(state.clone(), metrics.clone(), audit.clone());
+    let drain = Drain::new(
+        gateway.in_flight(),
+        config.server.shutdown_timeout,
+        FRESH_CONNECTION_GRACE,
+        config.server.upgrade_sock.to_string_lossy().into_owned(),
+    );
     let proxy = crate::edge::service(
         &server.configuration,
         &config,
-        Gateway::new(state.clone(), metrics.clone(), audit.clone()),
+        gateway,
         state.clone(),
         metrics.clone(),
         audit,
     )?;
-    server.add_service(proxy);
+    server.add_service(Drainable::new(proxy, drain.clone()));
     let mut admin = Service::new(
         "portcullis admin".to_string(),
-        AdminApp::new(state.clone(), metrics.clone(), reloader.clone()),
+        AdminApp::new(state.clone(), metrics.clone(), reloader.clone()).with_drain(drain.clone()),
     );
     admin.add_tcp(&config.admin.listen);
     server.add_service(admin);
@@ -158,6 +181,7 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
         state,
         metrics,
         reloader,
+        drain,
     })
 }
 
@@ -255,17 +279,22 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
     Ok(handle)
 }
 
-/// Run the gateway in the foreground until a signal stops it (SIGTERM
-/// graceful, SIGINT fast, SIGQUIT graceful upgrade).
+/// Run the gateway in the foreground until a signal stops it: SIGTERM
+/// drains (requests in flight finish, at most `shutdown_timeout_seconds`)
+/// and exits, SIGQUIT hands the listeners to an upgraded process and drains,
+/// SIGINT stops at once.
 pub fn run_forever(config: Config, upgrade: bool) -> Result<(), String> {
+    let assembled = assemble_with(config, upgrade)?;
+    let signals = assembled.signals();
     let Assembled {
         mut server,
         reloader,
         ..
-    } = assemble_with(config, upgrade)?;
+    } = assembled;
     server.add_service(background_service(
         "config reload",
         SignalReload { reloader },
     ));
-    server.run_forever()
+    server.run(signals);
+    Ok(())
 }

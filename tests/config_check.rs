@@ -680,7 +680,7 @@ fn a_config_validated_without_its_secrets_never_serves() {
 listen = ["127.0.0.1:0"]
 
 [admin]
-listen = "127.0.0.1:0"
+listen = "127.0.0.2:0"
 
 [[issuers]]
 name = "hs"
@@ -836,4 +836,52 @@ fn explain_on_the_example_without_secrets_prints_every_step() {
         out.stdout
     );
     assert!(!out.all().contains(&viewer), "the token was printed");
+}
+
+/// Two proxy listeners on one address, and the admin listener on a proxy
+/// address (through a wildcard): pingora would hand one socket to both.
+const SHARED_LISTENERS: &str = r#"
+[server]
+listen = ["127.0.0.1:18080", "127.0.0.1:18080", "0.0.0.0:18081"]
+
+[admin]
+listen = "127.0.0.1:18081"
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:1"
+
+[[routes]]
+name = "open"
+path = "/open"
+upstream = "app"
+auth = "none"
+"#;
+
+#[test]
+fn check_refuses_listeners_that_share_an_address() {
+    let dir = Scratch::new("shared-listeners");
+    let path = write(&dir, "listeners.toml", SHARED_LISTENERS);
+    let out = check(&path);
+    assert_eq!(out.code, Some(64), "exit code; output:\n{}", out.all());
+    let line = |key: &str, other: &str| {
+        out.stderr
+            .lines()
+            .any(|l| l.contains(&format!("{key}: ")) && l.contains(other))
+    };
+    assert!(
+        line("server.listen[1]", "server.listen[0]"),
+        "no error for the repeated proxy address:\n{}",
+        out.stderr
+    );
+    assert!(
+        line("admin.listen", "server.listen[2]"),
+        "no error for the admin address under the wildcard:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("2 error(s)"),
+        "expected exactly two errors:\n{}",
+        out.stderr
+    );
 }

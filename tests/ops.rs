@@ -1434,14 +1434,27 @@ upstream = "app"
 auth = "none"
 "#;
 
-/// A config file for a subprocess gateway; returns (file, proxy, admin).
+/// A config file for a subprocess gateway (`shutdown_timeout_seconds = 5`);
+/// returns (file, proxy, admin).
 fn subprocess_config(
     dir: &TempDir,
     up: &MockUpstream,
     jwks: &MockJwks,
 ) -> (PathBuf, SocketAddr, SocketAddr) {
+    subprocess_config_with(dir, up, jwks, 5)
+}
+
+/// Like [`subprocess_config`] with another `shutdown_timeout_seconds`.
+fn subprocess_config_with(
+    dir: &TempDir,
+    up: &MockUpstream,
+    jwks: &MockJwks,
+    shutdown_timeout_seconds: u64,
+) -> (PathBuf, SocketAddr, SocketAddr) {
     let b = ConfigBuilder::new()
-        .server("shutdown_timeout_seconds = 5")
+        .server(&format!(
+            "shutdown_timeout_seconds = {shutdown_timeout_seconds}"
+        ))
         .server(&format!(
             "upgrade_sock = {}",
             toml_str(&dir.path("upgrade.sock").to_string_lossy())
@@ -1460,22 +1473,187 @@ fn subprocess_config(
     (path, proxy, admin)
 }
 
+/// Whether the gateway is ready (`/readyz` 200) and its proxy listener
+/// accepts, within `timeout`. Readiness alone is not enough: pingora starts
+/// the admin service before the proxy, so `/readyz` can answer before the
+/// proxy port is bound. (The port is reserved by `free_port`: an accepted
+/// connection is this gateway's.)
+fn serving(proxy: SocketAddr, admin: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    wait_ready(admin, timeout)
+        && wait_until(deadline.saturating_duration_since(Instant::now()), || {
+            std::net::TcpStream::connect_timeout(&proxy, Duration::from_millis(200)).is_ok()
+        })
+}
+
+/// A keep-alive connection that has had one request answered and now sits
+/// idle between requests.
+fn idle_keepalive_connection(proxy: SocketAddr) -> std::net::TcpStream {
+    use std::io::Read as _;
+    let mut conn = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(2))
+        .expect("connect to the proxy");
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    conn.write_all(b"GET /public/keepalive HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .expect("write a request");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .expect("a Content-Length on the answer");
+            if body.len() >= length {
+                assert!(
+                    head.starts_with("HTTP/1.1 200"),
+                    "keep-alive request: {head}"
+                );
+                assert!(
+                    !head.to_ascii_lowercase().contains("connection: close"),
+                    "the gateway closes the keep-alive connection: {head}"
+                );
+                return conn;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete answer on the keep-alive connection: {text:?}"
+        );
+        match conn.read(&mut chunk) {
+            Ok(0) => panic!("the keep-alive connection closed early: {text:?}"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Whether the peer closes `conn` within `timeout` (EOF or reset).
+fn closed_within(conn: &mut std::net::TcpStream, timeout: Duration) -> bool {
+    use std::io::Read as _;
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 1024];
+    while Instant::now() < deadline {
+        match conn.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// How many connections wait in the accept queue of the IPv4 listener on
+/// `addr` (Linux `/proc/net/tcp`: `rx_queue` of a socket in state LISTEN);
+/// `None` when there is no such listener or the table cannot be read.
+fn accept_queue(addr: SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return None;
+    };
+    // /proc/net/tcp prints the address as the 32-bit value in host order.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        addr.port()
+    );
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (address, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+        if *address != local || *state != "0A" {
+            return None;
+        }
+        u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// Whether a new connection to `addr` is refused (bounded wait of 1 s).
+fn connect_refused(addr: SocketAddr) -> bool {
+    matches!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+#[test]
+fn sigterm_on_an_idle_gateway_exits_within_a_second() {
+    let dir = TempDir::new("sigterm-idle");
+    let up = MockUpstream::start();
+    let jwks = MockJwks::start(standard_jwks());
+    // A long timeout: exiting at once must not be the timeout expiring.
+    let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 30);
+    let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
+    assert!(
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
+        gw.log_text()
+    );
+    // Neither a keep-alive connection idle between requests nor one that
+    // has not sent a byte yet is a request in flight.
+    let mut keepalive = idle_keepalive_connection(proxy);
+    let _silent = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(2))
+        .expect("connect to the proxy");
+
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    let exit = gw.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    let log = gw.log_text();
+    let status = exit.unwrap_or_else(|| {
+        panic!("the idle gateway was still running 10 s after SIGTERM; log:\n{log}")
+    });
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}; log:\n{log}"
+    );
+    println!("idle gateway: exited {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(1),
+        "an idle gateway took {took:?} to exit after SIGTERM (limit 1 s, \
+         shutdown_timeout_seconds = 30); log:\n{log}"
+    );
+    assert!(
+        closed_within(&mut keepalive, Duration::from_secs(1)),
+        "the idle keep-alive connection is still open after the exit"
+    );
+    assert!(
+        connect_refused(proxy),
+        "the proxy port still accepts after the exit"
+    );
+}
+
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     let dir = TempDir::new("sigterm");
     let up = MockUpstream::start();
-    up.set_delay(Duration::from_millis(1500));
     let jwks = MockJwks::start(standard_jwks());
-    let (config, proxy, admin) = subprocess_config(&dir, &up, &jwks);
+    // The timeout is far above the slow request: the exit must follow the
+    // request, not the timeout.
+    let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 30);
     let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
     assert!(
-        wait_ready(admin, Duration::from_secs(10)),
-        "the gateway did not become ready within 10 s; log:\n{}",
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
         gw.log_text()
     );
+    let mut keepalive = idle_keepalive_connection(proxy);
+    up.set_delay(Duration::from_millis(2000));
+    up.clear();
 
     let in_flight = std::thread::spawn(move || {
-        try_send_raw(proxy, &build_request("GET", "/public/slow", &[], None))
+        let r = try_send_raw(proxy, &build_request("GET", "/public/slow", &[], None));
+        (r, Instant::now())
     });
     assert!(
         wait_until(Duration::from_secs(5), || up.count() >= 1),
@@ -1485,9 +1663,45 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     let signalled = Instant::now();
     gw.signal("TERM");
 
-    let resp = in_flight.join().expect("request thread");
-    let exit = gw.wait_exit(Duration::from_secs(15));
+    // During the drain: not ready, no new connection, idle keep-alive closed.
+    let mut readyz = None;
+    let drained = wait_until(Duration::from_secs(1), || {
+        readyz = try_send_raw(admin, &build_request("GET", "/readyz", &[], None)).ok();
+        readyz.as_ref().is_some_and(|r| r.status == 503)
+    });
+    let readyz_at = signalled.elapsed();
+    let refused = wait_until(Duration::from_secs(1), || connect_refused(proxy));
+    let keepalive_closed = closed_within(&mut keepalive, Duration::from_secs(1));
+    let still_running = gw.running();
+
+    let (resp, answered_at) = in_flight.join().expect("request thread");
+    let exit = gw.wait_exit(Duration::from_secs(40));
+    let exited_at = Instant::now();
     let log = gw.log_text();
+    assert!(
+        drained,
+        "/readyz during the drain: {:?}; log:\n{log}",
+        readyz.map(|r| r.describe())
+    );
+    let ready_body = readyz.map(|r| r.json()).unwrap_or_default();
+    assert_eq!(
+        ready_body,
+        json!({"status": "not_ready", "reason": "shutting down"}),
+        "/readyz body during the drain"
+    );
+    assert!(
+        readyz_at < Duration::from_millis(1900) && still_running,
+        "/readyz was 503 only after {readyz_at:?}, or the gateway had already exited: \
+         not during the drain; log:\n{log}"
+    );
+    assert!(
+        refused,
+        "new connections to the proxy are still accepted during the drain; log:\n{log}"
+    );
+    assert!(
+        keepalive_closed,
+        "an idle keep-alive connection stayed open during the drain; log:\n{log}"
+    );
     match &resp {
         Ok(r) => assert_eq!(
             r.status,
@@ -1497,15 +1711,134 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
         ),
         Err(e) => panic!(
             "the request in flight at SIGTERM was cut off ({e}) {:?} after the signal; \
-             a graceful shutdown must let it finish (shutdown_timeout_seconds = 5)\nlog:\n{log}",
+             a graceful shutdown must let it finish\nlog:\n{log}",
             signalled.elapsed()
         ),
     }
     let status = exit
-        .unwrap_or_else(|| panic!("the gateway was still running 15 s after SIGTERM; log:\n{log}"));
+        .unwrap_or_else(|| panic!("the gateway was still running 40 s after SIGTERM; log:\n{log}"));
     assert!(
         status.success(),
         "exit status after SIGTERM: {status}; log:\n{log}"
+    );
+    let after_answer = exited_at.saturating_duration_since(answered_at);
+    println!(
+        "busy gateway: /readyz 503 {readyz_at:?} after SIGTERM, request answered 200 {:?} \
+         after SIGTERM, exit {after_answer:?} after that",
+        answered_at.saturating_duration_since(signalled)
+    );
+    assert!(
+        after_answer < Duration::from_secs(1),
+        "the gateway exited {after_answer:?} after the last request was answered \
+         ({:?} after SIGTERM; shutdown_timeout_seconds = 30); log:\n{log}",
+        signalled.elapsed()
+    );
+    assert_eq!(
+        up.count(),
+        1,
+        "the upstream saw another request during the drain"
+    );
+}
+
+#[test]
+fn sigterm_answers_the_first_request_of_a_connection_accepted_before_it() {
+    use std::io::Read as _;
+    let dir = TempDir::new("sigterm-fresh");
+    let up = MockUpstream::start();
+    let jwks = MockJwks::start(standard_jwks());
+    let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 30);
+    let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
+    assert!(
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
+        gw.log_text()
+    );
+    // Connected (and accepted by the gateway) before the signal; the
+    // request head only follows it — as when a client's bytes are a moment
+    // behind its connect.
+    let mut conn = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(2))
+        .expect("connect to the proxy");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    // A connection still in the kernel's accept queue when the listener
+    // closes is reset: that is not the case under test.
+    assert!(
+        wait_until(Duration::from_secs(5), || accept_queue(proxy) == Some(0)),
+        "the gateway did not accept the connection within 5 s (accept queue {:?})",
+        accept_queue(proxy)
+    );
+    gw.signal("TERM");
+    std::thread::sleep(Duration::from_millis(50));
+    let written = conn.write_all(b"GET /public/late HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let exit = gw.wait_exit(Duration::from_secs(10));
+    let log = gw.log_text();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        written.is_ok() && text.starts_with("HTTP/1.1 200"),
+        "the request sent 50 ms after SIGTERM on a connection accepted before it: \
+         write {written:?}, read {read:?}, answer {text:?}; log:\n{log}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "the answer during the drain keeps the connection alive: {text:?}"
+    );
+    assert_eq!(
+        up.count(),
+        1,
+        "the upstream did not get the late request once"
+    );
+    let status = exit
+        .unwrap_or_else(|| panic!("the gateway was still running 10 s after SIGTERM; log:\n{log}"));
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}; log:\n{log}"
+    );
+}
+
+#[test]
+fn sigterm_gives_up_on_requests_still_in_flight_at_the_shutdown_timeout() {
+    let dir = TempDir::new("sigterm-timeout");
+    let up = MockUpstream::start();
+    up.set_delay(Duration::from_secs(5));
+    let jwks = MockJwks::start(standard_jwks());
+    let (config, proxy, admin) = subprocess_config_with(&dir, &up, &jwks, 1);
+    let mut gw = Proc::spawn(&config, false, dir.path("gateway.log"));
+    assert!(
+        serving(proxy, admin, Duration::from_secs(10)),
+        "the gateway was not ready and listening within 10 s; log:\n{}",
+        gw.log_text()
+    );
+    let in_flight = std::thread::spawn(move || {
+        try_send_raw(proxy, &build_request("GET", "/public/stuck", &[], None))
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || up.count() >= 1),
+        "the request never reached the upstream; log:\n{}",
+        gw.log_text()
+    );
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    let exit = gw.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    let resp = in_flight.join().expect("request thread");
+    let log = gw.log_text();
+    let status = exit
+        .unwrap_or_else(|| panic!("the gateway was still running 10 s after SIGTERM; log:\n{log}"));
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}; log:\n{log}"
+    );
+    println!("stuck request: gateway exited {took:?} after SIGTERM (shutdown_timeout_seconds = 1)");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+        "exited {took:?} after SIGTERM; expected about shutdown_timeout_seconds = 1; log:\n{log}"
+    );
+    assert!(
+        resp.is_err(),
+        "the request slower than the shutdown timeout was answered: {:?}",
+        resp.map(|r| r.describe())
     );
 }
 
@@ -1528,8 +1861,8 @@ fn sigquit_hands_the_listeners_to_an_upgraded_process() {
     let sock = dir.path("upgrade.sock");
     let mut a = Proc::spawn(&config, false, dir.path("a.log"));
     assert!(
-        wait_ready(admin, Duration::from_secs(10)),
-        "instance A did not become ready within 10 s; log:\n{}",
+        serving(proxy, admin, Duration::from_secs(10)),
+        "instance A was not ready and listening within 10 s; log:\n{}",
         a.log_text()
     );
 

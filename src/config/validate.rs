@@ -89,6 +89,7 @@ pub fn validate(text: &str, origin: &Path, mode: EnvMode) -> Result<Loaded, Vec<
 
     let server = server_settings(raw_server, &base_dir, &mut errs);
     let admin = admin_settings(raw_admin, &mut errs);
+    shared_listeners(&server.listen, &admin.listen, &mut errs);
 
     let mut issuers = Vec::new();
     // Name → index of the valid entry; `None` for an entry whose own errors
@@ -437,6 +438,57 @@ fn admin_settings(raw: RawAdmin, errs: &mut Errors) -> AdminSettings {
         listen,
         token_env: raw.token_env,
         token,
+    }
+}
+
+/// Two listeners on one address are refused. The kernel would refuse the
+/// second bind at start-up (pingora retries it for 30 s first), and where it
+/// would not — the same address text twice, port 0 included — pingora keys
+/// its listening sockets by that text: both listeners would own one file
+/// descriptor and both close it ("owned file descriptor already closed", or
+/// another socket closed under its owner).
+fn shared_listeners(listen: &[String], admin: &str, errs: &mut Errors) {
+    let entries = listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("server.listen[{i}]"), a.as_str()))
+        .chain(std::iter::once(("admin.listen".to_string(), admin)));
+    let mut seen: Vec<(String, &str, SocketAddr)> = Vec::new();
+    for (path, text) in entries {
+        // An entry that does not parse was reported already.
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            continue;
+        };
+        if let Some((other, other_text, _)) =
+            seen.iter().find(|(_, _, a)| listeners_overlap(*a, addr))
+        {
+            errs.push(
+                path.clone(),
+                format!(
+                    "{text:?} overlaps {other} ({other_text:?}); each listener needs an address of its own"
+                ),
+            );
+        }
+        seen.push((path, text, addr));
+    }
+}
+
+/// Whether two listeners would contend for one socket: the same address and
+/// port, or a wildcard address (`0.0.0.0` for IPv4, `[::]` for both families:
+/// Linux binds it dual-stack) on the same non-zero port. Two port-0 listeners
+/// get distinct kernel-chosen ports unless their addresses are the same.
+fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    ia == ib || (a.port() != 0 && (wildcard_covers(ia, ib) || wildcard_covers(ib, ia)))
+}
+
+fn wildcard_covers(wildcard: std::net::IpAddr, other: std::net::IpAddr) -> bool {
+    match wildcard {
+        std::net::IpAddr::V6(w) => w.is_unspecified(),
+        std::net::IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
     }
 }
 
@@ -1545,4 +1597,85 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    fn errors(listen: &[&str], admin: &str) -> Vec<String> {
+        let listen: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
+        let mut errs = Errors(Vec::new(), Vec::new());
+        shared_listeners(&listen, admin, &mut errs);
+        errs.0
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn distinct_listeners_pass() {
+        assert!(errors(
+            &["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8081"],
+            "127.0.0.1:9090"
+        )
+        .is_empty());
+        // IPv4 wildcard and an IPv6 address: separate sockets for the kernel.
+        assert!(errors(&["0.0.0.0:8080", "[::1]:8080"], "127.0.0.1:9090").is_empty());
+        // Port 0 on different addresses: two kernel-chosen ports.
+        assert!(errors(&["127.0.0.1:0", "0.0.0.0:0"], "127.0.0.2:0").is_empty());
+    }
+
+    #[test]
+    fn the_same_address_twice_is_refused_with_both_paths() {
+        let e = errors(&["127.0.0.1:8080", "127.0.0.1:8080"], "127.0.0.1:9090");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("server.listen[1]: ") && e[0].contains("server.listen[0]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_on_a_proxy_address_is_refused() {
+        let e = errors(&["127.0.0.1:8080"], "127.0.0.1:8080");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("admin.listen: ") && e[0].contains("server.listen[0]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_overlaps_every_address_on_its_port() {
+        for (listen, admin) in [
+            (&["0.0.0.0:8080"][..], "127.0.0.1:8080"),
+            (&["127.0.0.1:8080"][..], "0.0.0.0:8080"),
+            (&["[::]:8080"][..], "127.0.0.1:8080"),
+            (&["[::]:8080"][..], "[::1]:8080"),
+            (&["[::]:8080"][..], "0.0.0.0:8080"),
+            (&["[::ffff:127.0.0.1]:8080"][..], "127.0.0.1:8080"),
+        ] {
+            assert_eq!(errors(listen, admin).len(), 1, "{listen:?} and {admin}");
+        }
+        assert!(errors(&["0.0.0.0:8080"], "127.0.0.1:8081").is_empty());
+    }
+
+    #[test]
+    fn port_zero_twice_on_one_address_is_refused() {
+        // pingora would give both listeners the one socket bound for that text.
+        let e = errors(&["127.0.0.1:0", "127.0.0.1:0"], "127.0.0.1:9090");
+        assert_eq!(e.len(), 1, "{e:?}");
+        let e = errors(&["127.0.0.1:0"], "127.0.0.1:0");
+        assert_eq!(e.len(), 1, "{e:?}");
+    }
+
+    #[test]
+    fn every_duplicate_is_reported() {
+        let e = errors(
+            &["127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1:8080"],
+            "127.0.0.1:8080",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
 }

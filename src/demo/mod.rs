@@ -294,7 +294,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     );
 
     let iam_server = IamServer::start(iam, options.iam_port)?;
-    let server = crate::server::assemble(config)?.server;
+    let assembled = crate::server::assemble(config)?;
+    let signals = assembled.signals();
+    let server = assembled.server;
 
     let workdir_path = workdir.path().to_path_buf();
     std::thread::Builder::new()
@@ -313,8 +315,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the demo thread: {e}"))?;
 
-    // SIGINT (Ctrl-C) and SIGTERM stop every service, then `run` returns.
-    server.run(RunArgs::default());
+    // SIGINT (Ctrl-C) stops every service at once, SIGTERM after the
+    // requests in flight; then `run` returns.
+    server.run(signals);
     drop(iam_server);
     drop(workdir);
     Ok(())

@@ -54,20 +54,42 @@ pub enum Examined {
     Refused(GatewayError, String),
 }
 
+/// How long [`read_head`] waits.
+pub struct Waits {
+    /// For the first byte.
+    pub idle: Duration,
+    /// For the whole head, from its first byte.
+    pub head: Duration,
+    /// For the first byte once the server is stopping (then at most `idle`).
+    pub stop_grace: Duration,
+}
+
 /// Read the next request head into `buf` (empty on entry). The first byte
-/// must come within `idle`, the rest within `head_timeout` of it.
+/// must come within `idle` (within `stop_grace` once the server stops), the
+/// rest within `head` of it.
 pub async fn read_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    idle: Duration,
-    head_timeout: Duration,
+    waits: Waits,
     limits: &RequestLimits,
     shutdown: &mut ShutdownWatch,
 ) -> HeadEnd {
+    let started = Instant::now();
     let first = tokio::select! {
         biased;
-        read = timeout(idle, read_some(stream, buf)) => read,
-        () = shutting_down(shutdown) => return HeadEnd::Nothing("server shutting down"),
+        read = timeout(waits.idle, read_some(stream, buf)) => read,
+        () = shutting_down(shutdown) => {
+            // The read above was cancelled before it completed (read_buf is
+            // cancel-safe: no byte is lost); wait out the grace instead.
+            let left = waits.idle.saturating_sub(started.elapsed()).min(waits.stop_grace);
+            if left.is_zero() {
+                return HeadEnd::Nothing("server shutting down");
+            }
+            match timeout(left, read_some(stream, buf)).await {
+                Err(_) => return HeadEnd::Nothing("server shutting down"),
+                read => read,
+            }
+        }
     };
     match first {
         Err(_) => return HeadEnd::Nothing("idle timeout"),
@@ -75,7 +97,7 @@ pub async fn read_head(
         Ok(Err(_)) => return HeadEnd::Nothing("read error"),
         Ok(Ok(_)) => {}
     }
-    let deadline = Instant::now() + head_timeout;
+    let deadline = Instant::now() + waits.head;
     // Empty lines before a request line are allowed (RFC 9112 §2.2) and
     // dropped here, but they count against the size limit.
     let mut skipped = 0usize;

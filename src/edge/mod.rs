@@ -48,6 +48,7 @@ use crate::policy::ip::canonical;
 use crate::proxy::state::GatewayState;
 use crate::proxy::Gateway;
 use crate::routing::target::RequestLimits;
+use crate::shutdown::{DrainGrace, FRESH_CONNECTION_GRACE};
 use head::HeadEnd;
 use limits::ConnectionLimits;
 use throttle::LogThrottle;
@@ -84,7 +85,7 @@ pub fn service(
     state: Arc<ArcSwap<GatewayState>>,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
-) -> Result<Service<EdgeApp>, String> {
+) -> Result<Service<DrainGrace<EdgeApp>>, String> {
     let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
     let app = EdgeApp {
         proxy: Arc::new(pingora_proxy::http_proxy(conf, gateway)),
@@ -94,7 +95,12 @@ pub fn service(
         limits: ConnectionLimits::new(),
         tls,
     };
-    let mut service = Service::new("portcullis proxy".to_string(), app);
+    // Pingora's cleanup of the app runs after the fresh-connection grace
+    // (see `crate::shutdown`).
+    let mut service = Service::new(
+        "portcullis proxy".to_string(),
+        DrainGrace::new(app, FRESH_CONNECTION_GRACE),
+    );
     for addr in &config.server.listen {
         service.add_tcp(addr);
     }
@@ -178,11 +184,22 @@ impl EdgeApp {
             };
             let started = Instant::now();
             let mut buf = BytesMut::new();
+            // At a shutdown, an idle keep-alive connection closes at once; a
+            // connection accepted just before it gets a short grace for the
+            // first request it may already have sent.
+            let stop_grace = if first {
+                FRESH_CONNECTION_GRACE
+            } else {
+                Duration::ZERO
+            };
             let end = head::read_head(
                 &mut stream,
                 &mut buf,
-                idle,
-                server.header_timeout,
+                head::Waits {
+                    idle,
+                    head: server.header_timeout,
+                    stop_grace,
+                },
                 &limits,
                 &mut watch,
             )

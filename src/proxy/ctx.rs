@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pipeline::Progress;
+use crate::shutdown::InFlightGuard;
 
 /// What one request has established so far. A snapshot of the live state is
 /// taken at the start, so a reload never changes the rules mid-request.
@@ -31,6 +32,8 @@ pub struct RequestCtx {
     /// When the whole body must be in (`server.body_timeout_ms` after the
     /// end of the head, which is when the context is made).
     pub body_deadline: tokio::time::Instant,
+    /// Held for the request's life: a shutdown waits for it.
+    pub in_flight: Option<InFlightGuard>,
 }
 
 impl RequestCtx {
@@ -48,6 +51,7 @@ impl RequestCtx {
             attempts: 0,
             upstream_started: None,
             body_deadline: tokio::time::Instant::now(),
+            in_flight: None,
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::pipeline::{self, NoTrace, RequestHead};
 use crate::policy::ip::canonical;
+use crate::shutdown::InFlight;
 use ctx::RequestCtx;
 use state::{GatewayState, PeerAddress};
 
@@ -49,6 +50,7 @@ pub struct Gateway {
     state: Arc<ArcSwap<GatewayState>>,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Gateway {
@@ -61,7 +63,13 @@ impl Gateway {
             state,
             metrics,
             audit,
+            in_flight: InFlight::new(),
         }
+    }
+
+    /// The requests this gateway has in flight (a shutdown waits for them).
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
     }
 
     /// Steps 1–7: decide whether this request may go upstream.
@@ -213,7 +221,12 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        // pingora makes the context once the request head is read, and drops
+        // it after `logging`: exactly a request in flight.
+        RequestCtx {
+            in_flight: Some(self.in_flight.enter()),
+            ..RequestCtx::new()
+        }
     }
 
     async fn request_filter(

@@ -47,10 +47,39 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // === ports and waiting ===
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bind `:0`, read, drop).
+/// Sockets that hold the ports [`free_port`] handed out, for the life of the
+/// test process.
+static RESERVED_PORTS: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+
+/// A TCP port on 127.0.0.1 for a listener the test starts later (a gateway,
+/// in this process or a spawned binary), or for an address where nothing
+/// listens (connecting is refused).
+///
+/// The port stays reserved until the test process exits: a socket bound to
+/// it with `SO_REUSEADDR` and never listening. Linux then hands it to no
+/// other `bind(:0)` or `connect()` (in any process), while a listener that
+/// also sets `SO_REUSEADDR` — pingora's does — can still bind it. Binding
+/// `:0` and dropping the socket instead left a window in which another
+/// gateway or mock of the suite got the same port: a gateway whose proxy and
+/// admin ports coincided shared one fd between its two listeners (pingora's
+/// fd table is keyed by the address text; both close it, and the process
+/// aborted with "owned file descriptor already closed"), and a gateway given
+/// another's port talked to the wrong gateway, then refused connections when
+/// that one stopped.
 pub fn free_port() -> u16 {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    let socket = tokio::net::TcpSocket::new_v4().expect("reserve a port: socket");
+    socket
+        .set_reuseaddr(true)
+        .expect("reserve a port: SO_REUSEADDR");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("reserve a port: bind 127.0.0.1:0");
+    let port = socket
+        .local_addr()
+        .expect("reserve a port: local_addr")
+        .port();
+    lock(&RESERVED_PORTS).push(socket);
+    port
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
