@@ -9,6 +9,7 @@ use http::Method;
 use jsonwebtoken::Algorithm;
 
 use crate::policy::body::{BodyPolicy, CatalogRef};
+use crate::policy::redact::ResponsePolicy;
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
 use crate::routing::{PathTemplate, RouteTable};
@@ -227,6 +228,8 @@ pub struct RouteConfig {
     pub pin_headers: Vec<PinHeader>,
     /// `[routes.body]`, compiled.
     pub body: Option<BodyPolicy>,
+    /// `[routes.response]`, compiled.
+    pub response: Option<ResponsePolicy>,
 }
 
 impl Config {
