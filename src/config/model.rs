@@ -9,9 +9,9 @@ use http::Method;
 use jsonwebtoken::Algorithm;
 
 use crate::policy::body::{BodyPolicy, CatalogRef};
-use crate::policy::redact::ResponsePolicy;
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
+use crate::policy::redact::ResponsePolicy;
 use crate::routing::{PathTemplate, RouteTable};
 
 /// A validated configuration. Immutable once built; the live one is swapped

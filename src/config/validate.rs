@@ -1365,7 +1365,6 @@ fn response_policy(
     (errs.0.len() == before).then_some(ResponsePolicy { rules, max_bytes })
 }
 
-
 fn pin_headers(pins: &BTreeMap<String, String>, path: &str, errs: &mut Errors) -> Vec<PinHeader> {
     let mut out = Vec::new();
     for (header, claim) in pins {

@@ -105,8 +105,8 @@ impl Pointer {
                     Some('1') => name.push('/'),
                     _ => {
                         return Err(format!(
-                            "{text:?} is not a JSON pointer (RFC 6901): '~' must be followed by 0 or 1"
-                        ))
+                        "{text:?} is not a JSON pointer (RFC 6901): '~' must be followed by 0 or 1"
+                    ))
                     }
                 }
             }
@@ -133,8 +133,8 @@ impl fmt::Display for Pointer {
 
 /// RFC 6901 array index: `0` or a decimal without a leading zero.
 fn canonical_index(s: &str) -> Option<usize> {
-    let canonical = s == "0"
-        || (!s.is_empty() && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit()));
+    let canonical =
+        s == "0" || (!s.is_empty() && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit()));
     if canonical {
         s.parse().ok()
     } else {
@@ -636,7 +636,10 @@ mod tests {
     use super::*;
 
     fn run(body: &str, pointers: &[&str]) -> Result<(String, usize), NotRedactable> {
-        let parsed: Vec<Pointer> = pointers.iter().map(|p| Pointer::parse(p).unwrap()).collect();
+        let parsed: Vec<Pointer> = pointers
+            .iter()
+            .map(|p| Pointer::parse(p).unwrap())
+            .collect();
         let refs: Vec<&Pointer> = parsed.iter().collect();
         let out = redact(&Bytes::from(body.to_string()), &refs)?;
         // Whatever comes out is valid JSON.
@@ -718,7 +721,13 @@ mod tests {
             (r#"{"a":{"b":{"keep":[1,2]}},"c":null}"#.into(), 1)
         );
         // Missing members and type mismatches remove nothing.
-        for p in ["/x", "/a/x/secret", "/c/secret", "/a/b/keep/secret", "/a/b/secret/deeper"] {
+        for p in [
+            "/x",
+            "/a/x/secret",
+            "/c/secret",
+            "/a/b/keep/secret",
+            "/a/b/secret/deeper",
+        ] {
             assert_eq!(ok(body, &[p]), (body.into(), 0), "{p}");
         }
         // A pointer under a removed member counts once.
@@ -819,7 +828,8 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_text() {
-        let body = r#"{"s":"x","a":1.0,"b":1e2,"c":-0,"d":1E+300,"e":18446744073709551616,"f":0.1000}"#;
+        let body =
+            r#"{"s":"x","a":1.0,"b":1e2,"c":-0,"d":1E+300,"e":18446744073709551616,"f":0.1000}"#;
         let (out, _) = ok(body, &["/s"]);
         assert_eq!(
             out,

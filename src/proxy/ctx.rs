@@ -28,6 +28,11 @@ pub struct RequestCtx {
     /// Upstream address attempts (bounded retries on connect failure).
     pub attempts: usize,
     pub upstream_started: Option<Instant>,
+    /// This is the subrequest that forwards for a redacting route
+    /// (`proxy::redaction`): it decides nothing and logs nothing itself.
+    pub subrequest: bool,
+    /// Members removed from the answer (`[routes.response] redact`).
+    pub redacted: usize,
 }
 
 impl RequestCtx {
@@ -44,6 +49,8 @@ impl RequestCtx {
             streamed_body_bytes: 0,
             attempts: 0,
             upstream_started: None,
+            subrequest: false,
+            redacted: 0,
         }
     }
 }
