@@ -997,3 +997,148 @@ fn config_checks_pointers_entitlements_and_limits_with_key_paths() {
         "{errors}"
     );
 }
+
+// === portcullis explain ===
+
+#[test]
+fn explain_says_which_members_a_route_removes_for_the_caller() {
+    use clap::Parser;
+    use portcullis::explain::{explain, ExplainArgs, EXIT_ALLOW};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ExplainArgs,
+    }
+
+    let dir = TempDir::new("explain");
+    let jwks = dir.0.join("jwks.json");
+    std::fs::write(&jwks, standard_jwks()).unwrap();
+    let config = ConfigBuilder::new()
+        .raw(&format!(
+            "[[issuers]]\nname = \"main\"\nissuer = {}\naudiences = [{}]\nalgorithms = {STANDARD_ALGORITHMS}\njwks_file = {}\n",
+            toml_str(DEFAULT_ISSUER),
+            toml_str(DEFAULT_AUDIENCE),
+            toml_str(&jwks.display().to_string()),
+        ))
+        .upstream("verify", "https://tenant.verify.test", "catalog = \"verify\"")
+        .raw(&routes())
+        .build();
+    let path = dir.0.join("portcullis.toml");
+    std::fs::write(&path, config).unwrap();
+    let run = |entitlements: &[&str], target: &str| {
+        let token = TokenBuilder::new(&TestKey::rsa())
+            .client_id("reader-client")
+            .entitlements(entitlements)
+            .build();
+        let list = [
+            "explain",
+            "--config",
+            path.to_str().unwrap(),
+            "--token",
+            token.as_str(),
+            "GET",
+            target,
+        ];
+        let out = explain(&Cli::try_parse_from(list).unwrap().args);
+        assert_eq!(out.code, EXIT_ALLOW, "{}{}", out.stdout, out.stderr);
+        out.stdout
+    };
+    let out = run(&[READER], "/v1.0/apiclients/abc");
+    assert!(
+        out.contains(
+            "removes /clientSecret (the caller holds none of readAPIClientsAndClientSecret)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("1 of 1 member pointers removed"), "{out}");
+    let out = run(&[SECRET_READER], "/v1.0/apiclients/abc");
+    assert!(
+        out.contains("keeps /clientSecret (the caller holds readAPIClientsAndClientSecret)"),
+        "{out}"
+    );
+    let out = run(&[SECRET_READER], "/idps");
+    assert!(out.contains("removes /*/client_secret (always)"), "{out}");
+    // A route without redaction says nothing about answers.
+    let out = run(&[READER], "/files/x");
+    assert!(!out.contains("response"), "{out}");
+}
+
+#[test]
+fn keep_alive_holds_on_both_sides_of_a_redacting_route() {
+    // A keep-alive upstream that records the gateway's source address.
+    let body = single_client();
+    let up = MockServer::start(move |_| MockResponse::json(200, body.clone()));
+    let jwks = MockJwks::start(standard_jwks());
+    let config = ConfigBuilder::new()
+        .issuer("main", DEFAULT_ISSUER, &jwks.url(), "")
+        .upstream("verify", &up.url(), "catalog = \"verify\"")
+        .raw(&routes())
+        .build();
+    let gw = TestGateway::start(&config);
+    let token = TokenBuilder::new(&TestKey::rsa())
+        .entitlements(&[READER])
+        .build();
+    wait_until(Duration::from_secs(5), || {
+        gw.request_with_token("GET", "/v1.0/apiclients/a", &token, &[], None)
+            .status
+            == 200
+    });
+    up.clear();
+    // Two requests, one after the other, on one client connection.
+    let auth = bearer(&token);
+    let mut stream = TcpStream::connect(gw.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for (target, connection) in [
+        ("/v1.0/apiclients/a", "keep-alive"),
+        ("/v1.0/apiclients/b", "close"),
+    ] {
+        stream
+            .write_all(&build_request(
+                "GET",
+                target,
+                &[("Authorization", &auth), ("Connection", connection)],
+                None,
+            ))
+            .unwrap();
+        let (head, body) = read_response(&mut stream);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), single_client_redacted());
+    }
+    // The upstream connection went back to the pool after the first answer.
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].peer, seen[1].peer,
+        "a new upstream connection for each request"
+    );
+}
+
+/// One response with a `Content-Length` body off `stream` (bounded by its read timeout).
+fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => panic!(
+                "connection ended in the head: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    (head, body)
+}
