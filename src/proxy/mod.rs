@@ -13,15 +13,15 @@
 //! upstream_request_filter  8. header hygiene and identity headers              (proxy::headers)
 //! response_filter             X-Request-Id on every response
 //! fail_to_proxy               upstream errors → 502 / 504 through the responder
+//! logging                  9. invalidation after a write, metrics, one audit line
+//! ```
+//! Nothing after a refusal runs, and a refused request never reaches
+//! `upstream_peer`, so it never opens an upstream connection.
 //!
 //! A route with `[routes.response] redact` leaves this loop at the end of
 //! `request_filter`: `redaction::forward` runs the rest (upstream_peer …
 //! response_filter) in a pingora subrequest and writes the buffered,
 //! redacted answer itself (see `proxy::redaction` for why).
-//! logging                  9. invalidation after a write, metrics, one audit line
-//! ```
-//! Nothing after a refusal runs, and a refused request never reaches
-//! `upstream_peer`, so it never opens an upstream connection.
 
 pub mod body;
 pub mod ctx;

@@ -40,7 +40,14 @@
 //! subrequest with its exact length.
 //!
 //! Routes without `redact` never come here: their answers stream through
-//! pingora's loop untouched, with no buffering and no extra work.
+//! pingora's loop untouched, with no buffering; the only per-request cost
+//! left is the subrequest spawner pingora hands every top-level session
+//! (`allow_spawning_subrequest`: one `Arc` clone).
+//!
+//! Upstream failures inside the subrequest are not answered there: its
+//! `fail_to_proxy` stays silent and pingora passes the error over the
+//! handle (`subreq_proxy_error`), so the caller gets the gateway's own
+//! 502 / 504 from this request, which also logs and audits it once.
 
 use std::sync::Arc;
 
