@@ -36,6 +36,8 @@ pub struct AuditRecord<'a> {
     pub status: u16,
     pub duration_ms: f64,
     pub upstream_latency_ms: Option<f64>,
+    /// Members removed from the answer by `[routes.response] redact`.
+    pub redacted: usize,
 }
 
 pub struct AuditLog {
@@ -112,8 +114,14 @@ fn write_lines(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
 }
 
 fn text_line(r: &AuditRecord<'_>) -> String {
+    // `redacted=N` only when something was removed: existing lines keep their shape.
+    let redacted = if r.redacted > 0 {
+        format!(" redacted={}", r.redacted)
+    } else {
+        String::new()
+    };
     format!(
-        "{} {} {} {} {} {} {} route={} client={} subject={} ip={} {:.3}ms",
+        "{} {} {} {} {} {} {} route={} client={} subject={} ip={} {:.3}ms{redacted}",
         r.time,
         r.request_id,
         r.method,

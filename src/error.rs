@@ -105,6 +105,11 @@ pub enum GatewayError {
     UpstreamUnreachable,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The answer on a route with `[routes.response] redact` could not be
+    /// redacted (declared JSON but not valid, over `max_bytes`, or
+    /// content-encoded): it is not passed on. Gateway-authored reason.
+    #[error("the upstream's answer could not be redacted: {0}")]
+    ResponseNotRedactable(&'static str),
     #[error("internal error")]
     Internal,
 }
@@ -250,6 +255,7 @@ impl GatewayError {
             BodyRule(r) => r.status,
             UpstreamUnreachable => 502,
             UpstreamTimeout => 504,
+            ResponseNotRedactable(_) => 502,
             Internal => 500,
         }
     }
@@ -283,6 +289,7 @@ impl GatewayError {
             BodyRule(r) => r.code,
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
+            ResponseNotRedactable(_) => "response_not_redactable",
             Internal => "internal_error",
         }
     }

@@ -751,6 +751,13 @@ async fn decide(
                     identity.push(format!("{h} {v:?} (pinned from the token)"));
                 }
                 more_line(&mut out, &format!("sets {}", identity.join(", ")));
+                if let Some(policy) = &route.response {
+                    let (first, rest) = response_notes(policy, progress.entitlements());
+                    step_line(&mut out, '→', "response", &first);
+                    for line in rest {
+                        more_line(&mut out, &line);
+                    }
+                }
                 if open.is_empty() {
                     let _ = writeln!(
                         out,
@@ -885,6 +892,50 @@ fn unset_credential<'c>(
         UpstreamAuth::Bearer { env, .. } | UpstreamAuth::Header { env, .. } => env,
     };
     is_unset(config, env).then_some(env.as_str())
+}
+
+/// What `[routes.response]` would do to this caller's answers: a summary
+/// and one line per pointer (removed, or kept and why).
+fn response_notes(
+    policy: &crate::policy::redact::ResponsePolicy,
+    entitlements: &[String],
+) -> (String, Vec<String>) {
+    let removed = policy.pointers_for(entitlements).len();
+    let summary = format!(
+        "2xx JSON answers buffered (max_bytes {}) and redacted: {removed} of {} member pointers removed for this caller",
+        policy.max_bytes,
+        policy.rules.len()
+    );
+    let lines = policy
+        .rules
+        .iter()
+        .map(|rule| {
+            if rule.applies_to(entitlements) {
+                if rule.unless.is_empty() {
+                    format!("removes {} (always)", rule.pointer)
+                } else {
+                    format!(
+                        "removes {} (the caller holds none of {})",
+                        rule.pointer,
+                        rule.unless.join(", ")
+                    )
+                }
+            } else {
+                let held: Vec<&str> = rule
+                    .unless
+                    .iter()
+                    .filter(|e| entitlements.contains(e))
+                    .map(String::as_str)
+                    .collect();
+                format!(
+                    "keeps {} (the caller holds {})",
+                    rule.pointer,
+                    held.join(", ")
+                )
+            }
+        })
+        .collect();
+    (summary, lines)
 }
 
 /// The step that refused: the one after the last that passed (steps run in

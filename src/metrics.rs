@@ -31,6 +31,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     refusals: IntCounterVec,
+    redactions: IntCounterVec,
     jwks_refreshes: IntCounterVec,
     jwks_age: prometheus::GaugeVec,
     jwks_keys: IntGaugeVec,
@@ -94,6 +95,8 @@ pub struct RequestRecord<'a> {
     pub refusal: Option<&'a str>,
     pub duration_seconds: f64,
     pub upstream_seconds: Option<f64>,
+    /// Members removed from the answer (`[routes.response] redact`).
+    pub redacted: usize,
 }
 
 impl Metrics {
@@ -123,6 +126,12 @@ impl Metrics {
                 "portcullis_refusals_total",
                 "Requests the gateway refused, by route and reason (error code).",
                 &["route", "reason"],
+            )?,
+            redactions: counter_vec(
+                &r,
+                "portcullis_response_redactions_total",
+                "Members removed from answers by [routes.response] redact, by route.",
+                &["route"],
             )?,
             jwks_refreshes: counter_vec(
                 &r,
@@ -266,6 +275,11 @@ impl Metrics {
         }
         if let Some(reason) = r.refusal {
             self.refusals.with_label_values(&[r.route, reason]).inc();
+        }
+        if r.redacted > 0 {
+            self.redactions
+                .with_label_values(&[r.route])
+                .inc_by(r.redacted as u64);
         }
     }
 

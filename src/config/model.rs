@@ -11,6 +11,7 @@ use jsonwebtoken::Algorithm;
 use crate::policy::body::{BodyPolicy, CatalogRef};
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
+use crate::policy::redact::ResponsePolicy;
 use crate::routing::{PathTemplate, RouteTable};
 
 /// A validated configuration. Immutable once built; the live one is swapped
@@ -266,6 +267,8 @@ pub struct RouteConfig {
     pub pin_headers: Vec<PinHeader>,
     /// `[routes.body]`, compiled.
     pub body: Option<BodyPolicy>,
+    /// `[routes.response]`, compiled.
+    pub response: Option<ResponsePolicy>,
 }
 
 impl Config {

@@ -190,6 +190,17 @@ pub struct RawRoute {
     pub ids_case_insensitive: bool,
     pub pin_headers: Option<std::collections::BTreeMap<String, String>>,
     pub body: Option<RawBody>,
+    pub response: Option<RawResponse>,
+}
+
+/// `[routes.response]`: what leaves the gateway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponse {
+    /// JSON pointer → entitlements that let a caller keep that member.
+    #[serde(default)]
+    pub redact: std::collections::BTreeMap<String, Vec<String>>,
+    pub max_bytes: Option<i64>,
 }
 
 /// `[routes.body]`: policy on the request body of updates.

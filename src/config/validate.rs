@@ -22,6 +22,7 @@ use crate::policy::catalog::Catalog;
 use crate::policy::client_ip::ClientIpHeader;
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
+use crate::policy::redact::{self, ResponsePolicy};
 use crate::routing::{PathTemplate, RouteSpec, RouteTable};
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -1355,6 +1356,12 @@ fn route_config(
         })
         .ok()
     });
+    let response = raw.response.as_ref().and_then(|r| {
+        let catalog = upstream
+            .and_then(|u| ctx.upstream_configs[u].catalog.as_ref())
+            .and_then(|name| ctx.catalogs.get(name));
+        response_policy(r, &format!("{path}.response"), catalog, errs)
+    });
     let ip_allow = raw
         .ip_allow
         .as_ref()
@@ -1389,7 +1396,72 @@ fn route_config(
         ids_case_insensitive: raw.ids_case_insensitive,
         pin_headers,
         body,
+        response,
     })
+}
+
+/// Largest `[routes.response] max_bytes`: answers are held in memory whole.
+const MAX_RESPONSE_BYTES: i64 = 64 * 1024 * 1024;
+
+/// `[routes.response]`: every pointer parses (RFC 6901, `*` wildcard),
+/// every entitlement is a name (and in the upstream's catalogue when it
+/// names one), `max_bytes` is in range.
+fn response_policy(
+    raw: &RawResponse,
+    path: &str,
+    catalog: Option<&CatalogRef>,
+    errs: &mut Errors,
+) -> Option<ResponsePolicy> {
+    let before = errs.0.len();
+    if raw.redact.is_empty() {
+        errs.push(
+            format!("{path}.redact"),
+            "must name at least one JSON pointer (omit [routes.response] otherwise)",
+        );
+    }
+    let max_bytes = positive(
+        raw.max_bytes,
+        redact::DEFAULT_MAX_BYTES as i64,
+        MAX_RESPONSE_BYTES,
+        &format!("{path}.max_bytes"),
+        errs,
+    ) as u64;
+    let mut rules = Vec::new();
+    for (pointer, unless) in &raw.redact {
+        let key = format!("{path}.redact.{pointer}");
+        let parsed = match redact::Pointer::parse(pointer) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errs.push(key.clone(), e);
+                None
+            }
+        };
+        for (i, name) in unless.iter().enumerate() {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '"') {
+                errs.push(
+                    format!("{key}[{i}]"),
+                    format!("{name:?} is not an entitlement name"),
+                );
+            } else if let Some(catalog) = catalog.filter(|c| !c.catalog.contains(name)) {
+                let hint = catalog
+                    .catalog
+                    .suggest(name)
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                errs.push(
+                    format!("{key}[{i}]"),
+                    format!("{name:?} is not in the upstream's entitlement catalog{hint}"),
+                );
+            }
+        }
+        if let Some(pointer) = parsed {
+            rules.push(redact::RedactRule {
+                pointer,
+                unless: unless.clone(),
+            });
+        }
+    }
+    (errs.0.len() == before).then_some(ResponsePolicy { rules, max_bytes })
 }
 
 fn pin_headers(pins: &BTreeMap<String, String>, path: &str, errs: &mut Errors) -> Vec<PinHeader> {

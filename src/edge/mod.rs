@@ -248,6 +248,7 @@ impl EdgeApp {
             refusal: Some(err.code()),
             duration_seconds: duration,
             upstream_seconds: None,
+            redacted: 0,
         });
         if self.audit.enabled() {
             self.audit.write(&AuditRecord {
@@ -264,6 +265,7 @@ impl EdgeApp {
                 status: err.status(),
                 duration_ms: duration * 1000.0,
                 upstream_latency_ms: None,
+                redacted: 0,
             });
         }
     }

@@ -1,4 +1,4 @@
-//! Pure policy: IP lists, entitlement rules, body rules, route guards.
+//! Pure policy: IP lists, entitlement rules, body rules, response redaction, route guards.
 //! Nothing here knows about pingora or sockets; every function takes facts
 //! and returns a verdict.
 
@@ -7,4 +7,5 @@ pub mod catalog;
 pub mod client_ip;
 pub mod entitlements;
 pub mod ip;
+pub mod redact;
 pub mod route_guards;

@@ -34,6 +34,11 @@ pub struct RequestCtx {
     pub body_deadline: tokio::time::Instant,
     /// Held for the request's life: a shutdown waits for it.
     pub in_flight: Option<InFlightGuard>,
+    /// This is the subrequest that forwards for a redacting route
+    /// (`proxy::redaction`): it decides nothing and logs nothing itself.
+    pub subrequest: bool,
+    /// Members removed from the answer (`[routes.response] redact`).
+    pub redacted: usize,
 }
 
 impl RequestCtx {
@@ -52,6 +57,8 @@ impl RequestCtx {
             upstream_started: None,
             body_deadline: tokio::time::Instant::now(),
             in_flight: None,
+            subrequest: false,
+            redacted: 0,
         }
     }
 }

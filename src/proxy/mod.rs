@@ -17,10 +17,16 @@
 //! ```
 //! Nothing after a refusal runs, and a refused request never reaches
 //! `upstream_peer`, so it never opens an upstream connection.
+//!
+//! A route with `[routes.response] redact` leaves this loop at the end of
+//! `request_filter`: `redaction::forward` runs the rest (upstream_peer …
+//! response_filter) in a pingora subrequest and writes the buffered,
+//! redacted answer itself (see `proxy::redaction` for why).
 
 pub mod body;
 pub mod ctx;
 pub mod headers;
+pub mod redaction;
 pub mod respond;
 pub mod state;
 
@@ -229,11 +235,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        // The redaction path forwards through a subrequest; one level only.
+        session.subrequest_ctx.is_none()
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<bool> {
+        // A redacting route's forwarding subrequest: admitted by its parent.
+        if redaction::adopt(session, ctx) {
+            return Ok(false);
+        }
         let state = self.state.load_full();
         // The whole body, streamed or inspected, must be in by this deadline;
         // each read waits at most until then (updated as the body comes).
@@ -246,10 +261,27 @@ impl ProxyHttp for Gateway {
             .peer
             .is_some_and(|p| state.config.server.trusted_proxies.contains(p));
         let verdict = self.admit(session, ctx, &state).await;
-        ctx.state = Some(state);
-        match verdict {
-            Ok(()) => Ok(false),
-            Err(err) => {
+        ctx.state = Some(state.clone());
+        let policy = ctx
+            .progress
+            .route
+            .and_then(|r| state.config.routes.get(r))
+            .and_then(|r| r.response.as_ref().map(|p| (r, p)));
+        match (verdict, policy) {
+            (Ok(()), None) => Ok(false),
+            (Ok(()), Some((route, policy))) => {
+                match redaction::forward(session, ctx, &state, route, policy).await {
+                    Ok(removed) => ctx.redacted = removed,
+                    Err(redaction::Failure::Refuse(err)) => {
+                        respond::send(session, &err, &ctx.request_id).await;
+                        ctx.refusal = Some(err);
+                    }
+                    // The answer had started: drop the connection unfinished.
+                    Err(redaction::Failure::Abort(e)) => return Err(e),
+                }
+                Ok(true)
+            }
+            (Err(err), _) => {
                 respond::send(session, &err, &ctx.request_id).await;
                 ctx.refusal = Some(err);
                 Ok(true)
@@ -353,6 +385,9 @@ impl ProxyHttp for Gateway {
             let left = body::remaining(ctx.body_deadline).unwrap_or(Duration::from_millis(1));
             session.set_read_timeout(Some(left));
         }
+        if route.response.is_some() {
+            redaction::prepare_upstream(upstream_request);
+        }
         if let Some(len) = ctx.inspected_body_len {
             // The checked body is replayed whole: frame it with its exact length,
             // and send it at once (the client's 100-continue was answered here).
@@ -436,6 +471,15 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
+        // A forwarding subrequest reports to its parent (which answers), and
+        // an answer already under way cannot become an error response: the
+        // connection is dropped with the body unfinished.
+        if ctx.subrequest || session.response_written().is_some() {
+            return FailToProxy {
+                error_code: err.status(),
+                can_reuse_downstream: false,
+            };
+        }
         if ctx.request_id.is_empty() {
             ctx.request_id = headers::request_id(session.req_header());
         }
@@ -457,6 +501,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.subrequest {
+            return; // its parent logs the request once
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -483,6 +530,7 @@ impl ProxyHttp for Gateway {
             refusal: reason,
             duration_seconds: duration,
             upstream_seconds: upstream,
+            redacted: ctx.redacted,
         });
         if self.audit.enabled() {
             self.audit.write(&AuditRecord {
@@ -503,6 +551,7 @@ impl ProxyHttp for Gateway {
                 status,
                 duration_ms: duration * 1000.0,
                 upstream_latency_ms: upstream.map(|s| s * 1000.0),
+                redacted: ctx.redacted,
             });
         }
     }
