@@ -70,15 +70,7 @@ impl HttpSource {
             return Err(format!("metadata source answered {}", status.as_u16()));
         }
         let body = read_limited(resp).await?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| "metadata answer is not JSON".to_string())?;
-        // A search endpoint answers 200 with an empty list for an unknown
-        // client: nothing at the pointer is "no such client", as a 404 is.
-        let Some(object) = doc.pointer(&self.response_pointer) else {
-            return Ok(Lookup::NotFound);
-        };
-        let meta = from_json(client_id, object, &self.fields)?;
-        Ok(Lookup::Found(Arc::new(meta)))
+        parse_answer(client_id, &body, &self.response_pointer, &self.fields)
     }
 
     async fn get(&self, url: &str, renew: bool) -> Result<reqwest::Response, String> {
@@ -99,6 +91,26 @@ impl HttpSource {
             }
         })
     }
+}
+
+/// Reads the body of a successful (2xx) metadata answer: JSON, the client
+/// object at `response_pointer`, its fields at `fields`. Public so that the
+/// fuzz target can drive it without a server.
+pub fn parse_answer(
+    client_id: &str,
+    body: &[u8],
+    response_pointer: &str,
+    fields: &FieldPointers,
+) -> Result<Lookup, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "metadata answer is not JSON".to_string())?;
+    // A search endpoint answers 200 with an empty list for an unknown
+    // client: nothing at the pointer is "no such client", as a 404 is.
+    let Some(object) = doc.pointer(response_pointer) else {
+        return Ok(Lookup::NotFound);
+    };
+    let meta = from_json(client_id, object, fields)?;
+    Ok(Lookup::Found(Arc::new(meta)))
 }
 
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
