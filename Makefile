@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test lint demo build release clean bench-load
+.PHONY: deps test-deps test lint demo build release clean bench-load fuzz
 
 # System packages the build needs. Idempotent: installs only what is missing.
 deps:
@@ -50,3 +50,21 @@ clean:
 # About 10 minutes; a quick trial: DURATION=3 RUNS=1 make bench-load (benches/load/README.md).
 bench-load: deps
 	bash benches/load/run.sh
+
+# Fuzzing (not part of `make test`): each cargo-fuzz target in fuzz/ for
+# FUZZ_SECONDS (default 10 minutes), one after the other. Needs the nightly
+# toolchain; installs it and cargo-fuzz when missing. New inputs go to
+# fuzz/corpus-run/ (not committed); the seed corpus in fuzz/corpus/ is read
+# only. A crash stops the run and leaves its input in fuzz/artifacts/TARGET/.
+# One target: make fuzz FUZZ_TARGETS=request_target FUZZ_SECONDS=60
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= request_target bearer_jwt body_policy client_metadata config_load
+fuzz: deps
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus-run/$$t fuzz/corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		cargo +nightly fuzz run $$t fuzz/corpus-run/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done

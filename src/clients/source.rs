@@ -102,18 +102,12 @@ impl HttpSource {
             Some(body) => body,
             None => return Ok(invalid("metadata answer too large".into())),
         };
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
-            return Ok(invalid("metadata answer is not JSON".into()));
-        };
-        // A search endpoint answers 200 with an empty list for an unknown
-        // client: nothing at the pointer is "no such client", as a 404 is.
-        let Some(object) = doc.pointer(&self.response_pointer) else {
-            return Ok(Lookup::NotFound);
-        };
-        Ok(match from_json(client_id, object, &self.fields) {
-            Ok(meta) => Lookup::Found(Arc::new(meta)),
-            Err(reason) => invalid(reason),
-        })
+        Ok(parse_answer(
+            client_id,
+            &body,
+            &self.response_pointer,
+            &self.fields,
+        ))
     }
 
     async fn get(&self, url: &str, renew: bool) -> Result<reqwest::Response, String> {
@@ -138,6 +132,30 @@ impl HttpSource {
 
 fn invalid(reason: String) -> Lookup {
     Lookup::Invalid(reason.into())
+}
+
+/// Reads the body of a successful (2xx) metadata answer: JSON, the client
+/// object at `response_pointer`, its fields at `fields`. Anything unusable
+/// is [`Lookup::Invalid`]. Public so that the fuzz target can drive it
+/// without a server.
+pub fn parse_answer(
+    client_id: &str,
+    body: &[u8],
+    response_pointer: &str,
+    fields: &FieldPointers,
+) -> Lookup {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return invalid("metadata answer is not JSON".into());
+    };
+    // A search endpoint answers 200 with an empty list for an unknown
+    // client: nothing at the pointer is "no such client", as a 404 is.
+    let Some(object) = doc.pointer(response_pointer) else {
+        return Lookup::NotFound;
+    };
+    match from_json(client_id, object, fields) {
+        Ok(meta) => Lookup::Found(Arc::new(meta)),
+        Err(reason) => invalid(reason),
+    }
 }
 
 /// The whole answer; `None` when it is larger than [`MAX_ANSWER_BYTES`];

@@ -58,10 +58,10 @@ pub fn validate_path(path: &str) -> Result<(), GatewayError> {
                 };
                 check_decoded_byte(decoded)?;
                 has_high_escape |= decoded >= 0x80;
-                if decoded == b'%'
-                    && bytes.get(i + 3).is_some_and(|&c| hex_val(c).is_some())
-                    && bytes.get(i + 4).is_some_and(|&c| hex_val(c).is_some())
-                {
+                // `%25` then two hex digits — raw (`%252e`) or themselves
+                // encoded (`%25%32%65`) — is `%2e` once decoded and `.`
+                // to a server that decodes twice.
+                if decoded == b'%' && escapes_an_escape(bytes, i + 3) {
                     return Err(invalid("double percent-encoding"));
                 }
                 i += 3;
@@ -127,6 +127,28 @@ fn is_dot_segment(seg: &[u8]) -> bool {
     dots == 1 || dots == 2
 }
 
+/// Whether the two characters at `at`, each read raw or percent-decoded,
+/// are hex digits: after a decoded `%`, they make another escape.
+fn escapes_an_escape(bytes: &[u8], at: usize) -> bool {
+    let Some((first, width)) = decoded_at(bytes, at) else {
+        return false;
+    };
+    hex_val(first).is_some()
+        && decoded_at(bytes, at + width).is_some_and(|(c, _)| hex_val(c).is_some())
+}
+
+/// The byte at `at` once decoded, and how many raw bytes it took.
+fn decoded_at(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
+    match *bytes.get(at)? {
+        b'%' => {
+            let h = hex_val(*bytes.get(at + 1)?)?;
+            let l = hex_val(*bytes.get(at + 2)?)?;
+            Some(((h << 4) | l, 3))
+        }
+        c => Some((c, 1)),
+    }
+}
+
 /// Value of an ASCII hex digit.
 pub(crate) fn hex_val(b: u8) -> Option<u8> {
     match b {
@@ -186,6 +208,9 @@ mod tests {
             "/a/%2ea",
             "/a%25zz",
             "/a%25",
+            "/a%25%7Azz",
+            "/a%25%32",
+            "/a%25%32g",
             "/v1.0/apiclients/x:y@z!$&'()*+,=",
         ] {
             assert_eq!(validate_path(p), Ok(()), "{p}");
@@ -232,6 +257,13 @@ mod tests {
             ("/a%7Fb", "encoded control character"),
             ("/a%252e%252e/", "double percent-encoding"),
             ("/a%252F", "double percent-encoding"),
+            // Found by tests/properties.rs (accepted_paths_are_already_normal):
+            // the hex digits after `%25` may be encoded themselves.
+            ("/%25%32%65", "double percent-encoding"),
+            ("/a/%25%32%65%25%32%65/b", "double percent-encoding"),
+            ("/a%252%65", "double percent-encoding"),
+            ("/a%25%32e", "double percent-encoding"),
+            ("/a%25%25%32%46", "double percent-encoding"),
         ];
         for (p, r) in cases {
             assert_eq!(reason(p), r, "{p}");
