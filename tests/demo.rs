@@ -1,7 +1,9 @@
 //! `portcullis demo`: the built binary, on free ports, prints curl blocks;
 //! each block, sent as written (its method, URL, headers and body parsed
 //! from the command line, not by a curl binary), gets the status and error
-//! code the demo said. SIGINT stops it cleanly. `config/demo.toml` passes
+//! code the demo said, and the redaction blocks' answers lack or carry the
+//! member they name (which the demo IAM sends either way: the gateway
+//! removes it). SIGINT stops it cleanly. `config/demo.toml` passes
 //! `portcullis check`.
 
 mod common;
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -28,6 +31,7 @@ struct Demo {
     stdout: Vec<String>,
     stderr: Arc<Mutex<String>>,
     gateway_port: u16,
+    iam_port: u16,
 }
 
 impl Drop for Demo {
@@ -95,6 +99,7 @@ impl Demo {
             stdout: Vec::new(),
             stderr,
             gateway_port: port,
+            iam_port: iam,
         };
         demo.read_until(START_TIMEOUT, |l| l.starts_with("# Ctrl-C"));
         demo
@@ -145,7 +150,52 @@ struct Block {
     title: String,
     status: u16,
     code: Option<String>,
+    /// `, FIELD removed|kept` of the expect line.
+    member: Option<Member>,
     curl: String,
+}
+
+/// A top-level member of the JSON answer the gateway removes or keeps.
+#[derive(Debug, Clone, PartialEq)]
+struct Member {
+    name: String,
+    kept: bool,
+}
+
+/// `FIELD removed` or `FIELD kept`.
+fn parse_member(text: &str) -> Member {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        [name, "removed"] => Member {
+            name: name.to_string(),
+            kept: false,
+        },
+        [name, "kept"] => Member {
+            name: name.to_string(),
+            kept: true,
+        },
+        _ => panic!("bad body expectation {text:?}"),
+    }
+}
+
+/// What is wrong with `resp`'s body for `member`: it must be a JSON object
+/// holding `member.name` as a non-empty string, or not holding it at all.
+fn member_problems(resp: &RawResponse, member: &Member) -> Vec<String> {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body) else {
+        return vec![format!(
+            "the body is not a JSON object: {}",
+            resp.body_str()
+        )];
+    };
+    let value = body.get(&member.name);
+    let has = value.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    match (member.kept, value) {
+        (true, _) if has => Vec::new(),
+        (true, _) => vec![format!("no {} in {}", member.name, resp.body_str())],
+        (false, None) if body.contains_key("id") => Vec::new(),
+        (false, None) => vec![format!("not the record: {}", resp.body_str())],
+        (false, Some(_)) => vec![format!("{} not removed", member.name)],
+    }
 }
 
 /// The `# expect:` blocks of the demo's output.
@@ -154,6 +204,10 @@ fn parse_blocks(lines: &[String]) -> Vec<Block> {
     for (i, line) in lines.iter().enumerate() {
         let Some(expect) = line.strip_prefix("# expect: ") else {
             continue;
+        };
+        let (expect, member) = match expect.split_once(", ") {
+            Some((head, member)) => (head, Some(parse_member(member))),
+            None => (expect, None),
         };
         let mut words = expect.split_whitespace();
         let status = words
@@ -175,6 +229,7 @@ fn parse_blocks(lines: &[String]) -> Vec<Block> {
             title,
             status,
             code,
+            member,
             curl,
         });
     }
@@ -238,7 +293,7 @@ fn shell_words(line: &str) -> Vec<String> {
 }
 
 /// What a curl command line asks for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct CurlRequest {
     method: String,
     addr: SocketAddr,
@@ -332,6 +387,19 @@ fn every_printed_command_gets_the_status_the_demo_says_and_ctrl_c_stops_it() {
             .any(|b| b.status == 200 && b.curl.contains("/metrics")),
         "a metrics scrape"
     );
+    for kept in [false, true] {
+        let wanted = Member {
+            name: "clientSecret".into(),
+            kept,
+        };
+        assert!(
+            blocks
+                .iter()
+                .any(|b| b.status == 200 && b.member.as_ref() == Some(&wanted)),
+            "no block expecting {wanted:?}: {blocks:#?}"
+        );
+    }
+    let iam = SocketAddr::from(([127, 0, 0, 1], demo.iam_port));
 
     // Twice: every block is repeatable.
     let mut cases = Cases::new();
@@ -351,6 +419,22 @@ fn every_printed_command_gets_the_status_the_demo_says_and_ctrl_c_stops_it() {
             }
             if req.addr.port() == demo.gateway_port && resp.header("x-request-id").is_none() {
                 problems.push("no X-Request-Id".into());
+            }
+            if let Some(member) = &b.member {
+                problems.extend(member_problems(&resp, member));
+                // The demo IAM itself sends the member: removing it is the
+                // gateway's doing, not the service's.
+                let direct = send(&CurlRequest {
+                    addr: iam,
+                    ..req.clone()
+                });
+                let sent = Member {
+                    kept: true,
+                    ..member.clone()
+                };
+                for p in member_problems(&direct, &sent) {
+                    problems.push(format!("from the demo IAM directly: {p}"));
+                }
             }
             cases.check(&label, problems, Some(&resp));
         }

@@ -607,6 +607,47 @@ fn unreachable_upstream_is_502() {
     assert_refused(&resp, 502, "upstream_unreachable", &w.verify);
 }
 
+/// A failed proxy attempt closes the client's connection (its request body
+/// may be half-read), so the answer must say `Connection: close`: a client
+/// that believed `keep-alive` would send its next request into a closing
+/// connection and lose it (found by the soak, `make soak`).
+#[test]
+fn an_upstream_failure_on_a_keep_alive_connection_says_close_and_closes() {
+    use std::io::{Read, Write};
+    let w = World::start();
+    for target in ["/dead/x", "/slow/3"] {
+        let mut conn = std::net::TcpStream::connect(w.gw.addr()).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head =
+            format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: keep-alive\r\n\r\n");
+        conn.write_all(head.as_bytes()).expect("write");
+        let mut answer = Vec::new();
+        // Read to the end: the gateway must close after the answer (a
+        // timeout here means it kept the connection open).
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "{target}: connection left open after the answer ({e}): {}",
+                    String::from_utf8_lossy(&answer)
+                ),
+            }
+        }
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            text.starts_with("http/1.1 502") || text.starts_with("http/1.1 504"),
+            "{target}: {text}"
+        );
+        assert!(
+            text.contains("\r\nconnection: close\r\n"),
+            "{target}: {text}"
+        );
+        assert!(!text.contains("keep-alive"), "{target}: {text}");
+    }
+}
+
 #[test]
 fn slow_upstream_is_504_and_writes_are_not_retried() {
     let w = World::start();

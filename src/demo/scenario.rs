@@ -2,7 +2,9 @@
 //! with the status (and gateway error code) it should get.
 //!
 //! A block is a comment line saying what it shows, `# expect: STATUS
-//! [error_code]`, and the curl command on one line:
+//! [error_code][, FIELD removed|kept]`, and the curl command on one line.
+//! `FIELD removed` / `FIELD kept`: the answer is a JSON object without / with
+//! that top-level member (the redaction blocks: `clientSecret`).
 //!
 //! ```text
 //! # 3. demo-reader tries the same update: it lacks manageAPIClients.
@@ -30,19 +32,44 @@ pub struct Block {
     pub expect_status: u16,
     /// The gateway's `error` code, for refusals.
     pub expect_error: Option<&'static str>,
+    /// What the answer's body shows, for the redaction blocks.
+    pub expect_body: Option<BodyExpect>,
     pub method: &'static str,
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<String>,
 }
 
+/// A top-level member of a JSON answer that the gateway removes or keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyExpect {
+    /// The upstream sent it; the gateway removed it.
+    Removed(&'static str),
+    /// The upstream sent it; the gateway let it through.
+    Kept(&'static str),
+}
+
+impl BodyExpect {
+    /// `FIELD removed` or `FIELD kept`.
+    pub fn describe(&self) -> String {
+        match self {
+            BodyExpect::Removed(field) => format!("{field} removed"),
+            BodyExpect::Kept(field) => format!("{field} kept"),
+        }
+    }
+}
+
 impl Block {
     /// The `# expect:` line's text after the colon.
     pub fn expectation(&self) -> String {
-        match self.expect_error {
+        let mut text = match self.expect_error {
             Some(code) => format!("{} {code}", self.expect_status),
             None => self.expect_status.to_string(),
+        };
+        if let Some(body) = &self.expect_body {
+            text.push_str(&format!(", {}", body.describe()));
         }
+        text
     }
 
     /// The curl command, on one line, quoted for a POSIX shell.
@@ -124,6 +151,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
     let gw = &at.gateway;
     let admin = minter.token(&verify::ADMIN, &[])?;
     let reader = minter.token(&verify::READER, &[])?;
+    let secret_reader = minter.token(&verify::SECRET_READER, &[])?;
     let office = minter.token(&verify::OFFICE_ONLY, &[])?;
     let disabled = minter.token(&verify::DISABLED, &[])?;
     let platform = minter.token(
@@ -132,6 +160,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
     )?;
 
     let reporting_job = format!("{gw}/v1.0/apiclients/{}", verify::REPORTING_JOB.id);
+    let ci_pipeline = format!("{gw}/v1.0/apiclients/{}", verify::CI_PIPELINE.id);
     let reporting_update = json!({
         "clientName": verify::REPORTING_JOB.client_id,
         "description": "Nightly usage reports (updated through Portcullis)",
@@ -145,6 +174,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-admin updates the reporting-job API client (IBM Verify PUT): allowed and forwarded.".into(),
             expect_status: 204,
             expect_error: None,
+            expect_body: None,
             method: "PUT",
             url: reporting_job.clone(),
             headers: vec![bearer(&admin), json_type()],
@@ -154,6 +184,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-reader reads it back (readAPIClients is enough to read).".into(),
             expect_status: 200,
             expect_error: None,
+            expect_body: None,
             method: "GET",
             url: reporting_job.clone(),
             headers: vec![bearer(&reader)],
@@ -163,15 +194,37 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-reader tries the same update: it lacks manageAPIClients.".into(),
             expect_status: 403,
             expect_error: Some("insufficient_entitlements"),
+            expect_body: None,
             method: "PUT",
             url: reporting_job,
             headers: vec![bearer(&reader), json_type()],
             body: Some(reporting_update),
         },
         Block {
+            title: "demo-reader reads the ci-pipeline client: IBM Verify answers with its clientSecret, the gateway removes it (readAPIClients does not show secrets).".into(),
+            expect_status: 200,
+            expect_error: None,
+            expect_body: Some(BodyExpect::Removed("clientSecret")),
+            method: "GET",
+            url: ci_pipeline.clone(),
+            headers: vec![bearer(&reader)],
+            body: None,
+        },
+        Block {
+            title: "demo-secret-reader reads it too: it holds readAPIClientsAndClientSecret, so the gateway keeps the clientSecret.".into(),
+            expect_status: 200,
+            expect_error: None,
+            expect_body: Some(BodyExpect::Kept("clientSecret")),
+            method: "GET",
+            url: ci_pipeline,
+            headers: vec![bearer(&secret_reader)],
+            body: None,
+        },
+        Block {
             title: "demo-office-only lists API clients from 127.0.0.1; its own IP filter allows only 10.0.0.0/8.".into(),
             expect_status: 403,
             expect_error: Some("client_ip_denied"),
+            expect_body: None,
             method: "GET",
             url: format!("{gw}/v1.0/apiclients"),
             headers: vec![bearer(&office)],
@@ -181,6 +234,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-disabled lists API clients: its token is valid, but the client is disabled in IBM Verify.".into(),
             expect_status: 403,
             expect_error: Some("client_disabled"),
+            expect_body: None,
             method: "GET",
             url: format!("{gw}/v1.0/apiclients"),
             headers: vec![bearer(&disabled)],
@@ -190,6 +244,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-admin creates a client holding manageUserGroups, which demo-admin does not hold itself.".into(),
             expect_status: 403,
             expect_error: Some("privilege_escalation"),
+            expect_body: None,
             method: "POST",
             url: format!("{gw}/v1.0/apiclients"),
             headers: vec![bearer(&admin), json_type()],
@@ -202,6 +257,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-admin tries to update its own record: no client re-entitles itself.".into(),
             expect_status: 403,
             expect_error: Some("self_modification"),
+            expect_body: None,
             method: "PUT",
             url: format!("{gw}/v1.0/apiclients/{}", verify::ADMIN.id),
             headers: vec![bearer(&admin), json_type()],
@@ -214,6 +270,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-platform-admin relabels its organization's Google SSO credentials (SlashID PATCH); the gateway sets SlashID-OrgID from the token's oid.".into(),
             expect_status: 200,
             expect_error: None,
+            expect_body: None,
             method: "PATCH",
             url: format!(
                 "{gw}/organizations/sso/oidc/provider-credentials/{}",
@@ -226,6 +283,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-platform-admin tries to re-base OneLogin app 928549 on another connector.".into(),
             expect_status: 400,
             expect_error: Some("field_denied"),
+            expect_body: None,
             method: "PUT",
             url: format!("{gw}/api/2/apps/{}", onelogin::OIDC_APP_ID),
             headers: vec![bearer(&platform), json_type()],
@@ -235,6 +293,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "demo-platform-admin sets an LDAP type VMware does not know on an identity provider.".into(),
             expect_status: 400,
             expect_error: Some("invalid_enum_value"),
+            expect_body: None,
             method: "PATCH",
             url: format!("{gw}/v1/identity-providers/{}", vmware::CORP_AD_ID),
             headers: vec![bearer(&platform), json_type()],
@@ -246,6 +305,7 @@ pub fn blocks(minter: &Minter<'_>, at: &Endpoints) -> Result<Vec<Block>, MintErr
             title: "Prometheus metrics on the admin listener.".into(),
             expect_status: 200,
             expect_error: None,
+            expect_body: None,
             method: "GET",
             url: format!("{}/metrics", at.admin),
             headers: Vec::new(),
@@ -265,6 +325,7 @@ mod tests {
             title: "t".into(),
             expect_status: 403,
             expect_error: Some("ip_denied"),
+            expect_body: None,
             method: "GET",
             url: "http://127.0.0.1:1/x".into(),
             headers: vec![("A".into(), "b".into())],
@@ -310,5 +371,94 @@ mod tests {
             );
         }
         assert!(blocks.iter().any(|b| b.url.ends_with("/metrics")));
+    }
+
+    /// The claims of a printed block's token.
+    fn claims(block: &Block) -> Value {
+        use base64::Engine as _;
+        let token = block
+            .headers
+            .iter()
+            .find_map(|(n, v)| (n == "Authorization").then(|| v.trim_start_matches("Bearer ")))
+            .unwrap_or_default();
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_redaction_blocks_read_one_client_as_a_reader_and_as_a_secret_reader() {
+        let key = SigningKey::generate(jsonwebtoken::Algorithm::ES256).expect("key");
+        let minter = Minter {
+            key: &key,
+            issuer: "http://iam/oidc/endpoint/default".into(),
+            audience: "aud".into(),
+            now: 1_000,
+        };
+        let at = Endpoints {
+            gateway: "http://127.0.0.1:8080".into(),
+            admin: "http://127.0.0.1:9090".into(),
+        };
+        let blocks = blocks(&minter, &at).expect("blocks");
+        let find = |want: BodyExpect| {
+            let found: Vec<&Block> = blocks
+                .iter()
+                .filter(|b| b.expect_body == Some(want))
+                .collect();
+            assert_eq!(found.len(), 1, "{want:?}");
+            found[0]
+        };
+        let removed = find(BodyExpect::Removed("clientSecret"));
+        let kept = find(BodyExpect::Kept("clientSecret"));
+        for b in [removed, kept] {
+            assert_eq!(
+                (b.method, b.expect_status, b.expect_error),
+                ("GET", 200, None)
+            );
+            assert_eq!(
+                b.url,
+                format!("{}/v1.0/apiclients/{}", at.gateway, verify::CI_PIPELINE.id)
+            );
+        }
+        assert_eq!(removed.expectation(), "200, clientSecret removed");
+        assert_eq!(kept.expectation(), "200, clientSecret kept");
+
+        let reader = claims(removed);
+        assert_eq!(reader["client_id"], verify::READER.client_id);
+        assert_eq!(reader["entitlements"], json!(["readAPIClients"]));
+        let secret_reader = claims(kept);
+        assert_eq!(secret_reader["client_id"], verify::SECRET_READER.client_id);
+        assert_eq!(
+            secret_reader["entitlements"],
+            json!(["readAPIClients", verify::READ_SECRET])
+        );
+        // The metadata the gateway intersects the token with (what its
+        // `[clients]` source reads from the demo IAM) grants it too.
+        let iam =
+            crate::demo::iam::Iam::seeded("{\"keys\":[]}".into(), crate::demo::DEFAULT_IAM_URL);
+        let lookup = iam.handle(&crate::demo::iam::IamRequest::new(
+            http::Method::GET,
+            &format!(
+                "/v1.0/apiclients?clientId={}",
+                verify::SECRET_READER.client_id
+            ),
+        ));
+        let meta = crate::clients::meta::from_json(
+            verify::SECRET_READER.client_id,
+            lookup
+                .body_json()
+                .pointer("/apiClients/0")
+                .unwrap_or(&Value::Null),
+            &crate::clients::FieldPointers::default(),
+        )
+        .expect("a valid client");
+        assert!(meta.enabled);
+        assert!(meta.entitlements.iter().any(|e| e == verify::READ_SECRET));
+        // And the catalogue the demo config names knows it.
+        assert!(crate::demo::VERIFY_CATALOG
+            .lines()
+            .any(|l| l.split('\t').next() == Some(verify::READ_SECRET)));
     }
 }

@@ -491,6 +491,10 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
+        // The connection is not reused after a failed proxy attempt (the
+        // request body may be half-read): the answer must say so, or a client
+        // sends its next request on a connection about to close.
+        session.set_keepalive(None);
         respond::send(session, &err, &ctx.request_id).await;
         let code = err.status();
         ctx.refusal = Some(err);

@@ -1,6 +1,7 @@
 //! IBM Security Verify API clients (seed pages 000 and 001).
 //!
-//! * `GET /v1.0/apiclients` — `{"apiClients": [...]}` (never with secrets).
+//! * `GET /v1.0/apiclients` — `{"apiClients": [...]}`, each with its
+//!   `clientSecret` (see below).
 //! * `GET /v1.0/apiclients?clientId=ID` — **the demo's metadata lookup**: the
 //!   one client whose OAuth `clientId` is `ID`, as `{"apiClients": [client]}`,
 //!   or 404 when there is none. The gateway's `[clients]` source reads it with
@@ -12,10 +13,7 @@
 //!   `entitlements` required; the service generates `id`, `clientId` and
 //!   `clientSecret`; 201 with `Location: /v1.0/apiclients/{id}` and no body
 //!   ("perform a GET operation on the returned location header").
-//! * `GET /v1.0/apiclients/{id}` — the record; its `clientSecret` only when
-//!   the caller holds `readAPIClientsAndClientSecret`. The caller is the
-//!   client named by `X-Portcullis-Client-Id`, which the gateway sets on every
-//!   request it forwards (the demo service checks no token of its own).
+//! * `GET /v1.0/apiclients/{id}` — the record, with its `clientSecret`.
 //! * `PUT /v1.0/apiclients/{id}` — update (seed 000): replaces every
 //!   updatable field (`clientName` and `entitlements` required); `id` and
 //!   `clientId` cannot be modified (400 when the body names other values);
@@ -27,6 +25,12 @@
 //! messageIds follow IBM's `CSI....E` pattern but are the demo's own
 //! (`CSIDM` + the HTTP status). Entitlement names are not checked against
 //! the catalogue here: that is the gateway's job.
+//!
+//! Every GET answer carries `clientSecret`, as IBM Verify answers a caller
+//! holding `readAPIClientsAndClientSecret`: the demo service checks no token
+//! of its own and trusts the gateway in front of it, whose `[routes.response]
+//! redact` rules remove the secret for callers without that entitlement.
+//! That is what the demo shows (the service doing it itself would hide it).
 
 use std::collections::BTreeMap;
 
@@ -35,7 +39,7 @@ use serde_json::{json, Map, Value};
 
 use super::{allow_header, random_hex, string_array, type_name, uuid_v4, IamRequest, IamResponse};
 
-/// The entitlement that shows a client's secret.
+/// The entitlement the gateway requires to let a client's secret through.
 pub const READ_SECRET: &str = "readAPIClientsAndClientSecret";
 
 /// The demo's own messageIds, one per status.
@@ -131,6 +135,17 @@ pub const CI_PIPELINE: SeedClient = SeedClient {
     ip_filter: Some(("deny", &["203.0.113.0/24"])),
 };
 
+/// Reads API clients with their secrets: the only seeded client the gateway
+/// shows IBM Verify client secrets to.
+pub const SECRET_READER: SeedClient = SeedClient {
+    id: "6f1d3c2a-8b4e-4a71-9c35-2e7f0a1b5d08",
+    client_id: "demo-secret-reader",
+    description: "Reads API clients with their secrets",
+    enabled: true,
+    entitlements: &["readAPIClients", READ_SECRET],
+    ip_filter: None,
+};
+
 /// Every seeded client, in record order.
 pub const SEED_CLIENTS: &[SeedClient] = &[
     ADMIN,
@@ -140,6 +155,7 @@ pub const SEED_CLIENTS: &[SeedClient] = &[
     PLATFORM_ADMIN,
     REPORTING_JOB,
     CI_PIPELINE,
+    SECRET_READER,
 ];
 
 /// The API-client store.
@@ -174,13 +190,6 @@ fn method_not_allowed(allowed: &[Method]) -> IamResponse {
         "The HTTP method is not supported for this resource.",
     )
     .with_header("allow", &allow_header(allowed))
-}
-
-/// The record without its secret (list and lookup answers).
-fn public_view(record: &Map<String, Value>) -> Value {
-    let mut r = record.clone();
-    r.remove("clientSecret");
-    Value::Object(r)
 }
 
 /// Checks a create (`creating`) or update body; `Ok` holds nothing: the
@@ -317,15 +326,6 @@ impl ApiClients {
             .find(|r| r.get("clientId").and_then(Value::as_str) == Some(client_id))
     }
 
-    /// Whether the calling client (as the gateway names it) may read secrets.
-    fn caller_reads_secrets(&self, req: &IamRequest) -> bool {
-        req.header("x-portcullis-client-id")
-            .and_then(|caller| self.find_by_client_id(caller))
-            .and_then(|r| r.get("entitlements"))
-            .and_then(Value::as_array)
-            .is_some_and(|e| e.iter().any(|e| e.as_str() == Some(READ_SECRET)))
-    }
-
     /// Answers a request under `/v1.0/apiclients`; `rest` holds the
     /// decoded segments after it.
     pub fn handle(&mut self, req: &IamRequest, rest: &[&str]) -> IamResponse {
@@ -337,10 +337,7 @@ impl ApiClients {
             },
             [id] if !id.is_empty() => match req.method {
                 Method::GET => match self.records.get(*id) {
-                    Some(r) if self.caller_reads_secrets(req) => {
-                        IamResponse::json(200, &Value::Object(r.clone()))
-                    }
-                    Some(r) => IamResponse::json(200, &public_view(r)),
+                    Some(r) => IamResponse::json(200, &Value::Object(r.clone())),
                     None => not_found(id),
                 },
                 Method::PUT => self.update(req, id),
@@ -369,11 +366,11 @@ impl ApiClients {
         }
         match client_id {
             None => {
-                let all: Vec<Value> = self.records.values().map(public_view).collect();
+                let all: Vec<&Map<String, Value>> = self.records.values().collect();
                 IamResponse::json(200, &json!({ "apiClients": all }))
             }
             Some(cid) => match self.find_by_client_id(&cid) {
-                Some(r) => IamResponse::json(200, &json!({ "apiClients": [public_view(r)] })),
+                Some(r) => IamResponse::json(200, &json!({ "apiClients": [r] })),
                 None => error(
                     404,
                     MSG_NOT_FOUND,
@@ -484,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn lists_and_looks_up_clients_without_secrets() {
+    fn lists_and_looks_up_clients_with_their_secrets() {
         let mut c = ApiClients::seeded();
         let r = handle(&mut c, &IamRequest::new(Method::GET, "/v1.0/apiclients"));
         assert_eq!(r.status, 200);
@@ -493,7 +490,20 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert_eq!(all.len(), SEED_CLIENTS.len());
-        assert!(all.iter().all(|c| c.get("clientSecret").is_none()));
+        // Secrets are the gateway's to remove: the service shows them all.
+        for client in &all {
+            let id = client["id"].as_str().unwrap_or_default();
+            assert_eq!(
+                client["clientSecret"],
+                c.get(id)
+                    .map(|r| r["clientSecret"].clone())
+                    .unwrap_or_default(),
+                "{client}"
+            );
+            assert!(client["clientSecret"]
+                .as_str()
+                .is_some_and(|s| s.len() == 48));
+        }
 
         let r = handle(
             &mut c,
@@ -508,7 +518,9 @@ mod tests {
         assert_eq!(client["id"], OFFICE_ONLY.id);
         assert_eq!(client["ipFilterOp"], "allow");
         assert_eq!(client["ipFilters"], json!(["10.0.0.0/8"]));
-        assert!(client.get("clientSecret").is_none());
+        assert!(client["clientSecret"]
+            .as_str()
+            .is_some_and(|s| s.len() == 48));
 
         // What the gateway's [clients] source reads from it is a valid client.
         let meta = crate::clients::meta::from_json(
@@ -551,30 +563,10 @@ mod tests {
         assert_eq!(r.status, 201);
         assert!(r.body.is_empty());
         let location = r.header("location").unwrap_or_default().to_string();
+        // No caller named at all: the service trusts the gateway in front
+        // of it and answers with the secret.
         let r = handle(&mut c, &IamRequest::new(Method::GET, &location));
         assert_eq!(r.status, 200);
-        assert!(
-            r.body_json().get("clientSecret").is_none(),
-            "no secret for an anonymous caller"
-        );
-        let r = handle(
-            &mut c,
-            &IamRequest::new(Method::GET, &location)
-                .with_header("X-Portcullis-Client-Id", ADMIN.client_id),
-        );
-        assert!(
-            r.body_json().get("clientSecret").is_none(),
-            "nor for manageAPIClients alone"
-        );
-        let client_id = r.body_json()["clientId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let r = handle(
-            &mut c,
-            &IamRequest::new(Method::GET, &location)
-                .with_header("X-Portcullis-Client-Id", &client_id),
-        );
         let created = r.body_json();
         assert_eq!(created["clientName"], "new-one");
         assert_eq!(created["enabled"], true);
