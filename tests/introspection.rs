@@ -1032,3 +1032,219 @@ fn explain_without_the_introspection_secret_does_not_ask_and_is_undecided() {
     assert!(all.contains("DECISION: unknown"), "{all}");
     assert_eq!(intro.count(), 0, "a placeholder secret is never sent");
 }
+
+// === config validation ===
+
+fn errors_of(toml: &str) -> Vec<String> {
+    match portcullis::config::load_str(toml, &inline_config_origin()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect(),
+    }
+}
+
+#[track_caller]
+fn assert_error(errors: &[String], path: &str, fragment: &str) {
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{path}: ")) && e.contains(fragment)),
+        "no error at {path} containing {fragment:?} in:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn introspection_and_client_credentials_keys_are_validated_with_key_paths() {
+    set_secrets();
+    let base = ConfigBuilder::new().upstream("app", "http://127.0.0.1:9", "");
+    // Two sources at once; JWT-only keys with introspection; a bad URL and
+    // cache lifetime; missing credentials.
+    let errors = errors_of(
+        &base
+            .clone()
+            .raw(
+                r#"
+[[issuers]]
+name = "both"
+issuer = "https://idp.test"
+jwks_url = "http://127.0.0.1:9/jwks"
+introspection_url = "http://127.0.0.1:9/introspect"
+introspection_client_id = "gw"
+introspection_client_secret_env = "PORTCULLIS_TEST_INTRO_SECRET"
+
+[[issuers]]
+name = "mixed"
+issuer = "https://idp.test"
+algorithms = ["RS256"]
+token_types = ["at+jwt"]
+introspection_url = "ftp://idp.test/introspect"
+introspection_client_secret_env = "PORTCULLIS_TEST_INTRO_SECRET"
+introspection_cache_seconds = -1
+
+[[issuers]]
+name = "stray"
+issuer = "https://idp.test"
+algorithms = ["RS256"]
+jwks_url = "http://127.0.0.1:9/jwks"
+introspection_client_id = "gw"
+introspection_cache_seconds = 5
+
+[[upstreams]]
+name = "cc"
+url = "http://127.0.0.1:9"
+auth = { token_url = "not a url", client_secret_env = "PORTCULLIS_TEST_UPSTREAM_CC_SECRET", scope = "" }
+
+[[upstreams]]
+name = "cc-mixed"
+url = "http://127.0.0.1:9"
+auth = { bearer_env = "PORTCULLIS_TEST_UPSTREAM_CC_SECRET", token_url = "http://127.0.0.1:9/token", client_id = "gw", client_secret_env = "PORTCULLIS_TEST_UPSTREAM_CC_SECRET" }
+
+[[upstreams]]
+name = "cc-typo"
+url = "http://127.0.0.1:9"
+auth = { token_url = "http://127.0.0.1:9/token", client_id = "gw", client_secret_env = "PORTCULLIS_TEST_UPSTREAM_CC_SECRET", scopes = "x" }
+"#,
+            )
+            .build(),
+    );
+    assert_error(
+        &errors,
+        "issuers[0]",
+        "exactly one of jwks_url, jwks_file, hmac_secret_env, introspection_url",
+    );
+    assert_error(
+        &errors,
+        "issuers[1].algorithms",
+        "not used with introspection_url",
+    );
+    assert_error(
+        &errors,
+        "issuers[1].token_types",
+        "not used with introspection_url",
+    );
+    assert_error(
+        &errors,
+        "issuers[1].introspection_url",
+        "http:// or https://",
+    );
+    assert_error(&errors, "issuers[1].introspection_client_id", "is required");
+    assert_error(
+        &errors,
+        "issuers[1].introspection_cache_seconds",
+        "out of range",
+    );
+    assert_error(
+        &errors,
+        "issuers[2].introspection_client_id",
+        "only applies with introspection_url",
+    );
+    assert_error(
+        &errors,
+        "issuers[2].introspection_cache_seconds",
+        "only applies with introspection_url",
+    );
+    assert_error(&errors, "upstreams[1].auth.token_url", "not a URL");
+    assert_error(&errors, "upstreams[1].auth.client_id", "is required");
+    assert_error(&errors, "upstreams[1].auth.scope", "must not be empty");
+    assert_error(&errors, "upstreams[2].auth", "use one form");
+    assert_error(&errors, "upstreams[3].auth.scopes", "unknown field");
+}
+
+#[test]
+fn a_missing_introspection_secret_is_an_error_at_run_and_a_warning_in_check() {
+    use portcullis::config::{load_str_with, EnvMode};
+    let toml = ConfigBuilder::new()
+        .raw(&intro_issuer("opaque", "http://127.0.0.1:9/introspect", "").replace(
+            INTRO_SECRET_ENV,
+            "PORTCULLIS_TEST_INTRO_SECRET_NEVER_SET",
+        ))
+        .upstream(
+            "app",
+            "http://127.0.0.1:9",
+            "auth = { token_url = \"http://127.0.0.1:9/token\", client_id = \"gw\", client_secret_env = \"PORTCULLIS_TEST_CC_NEVER_SET\" }",
+        )
+        .raw(ROUTES)
+        .build();
+    let strict = errors_of(&toml);
+    assert_error(
+        &strict,
+        "issuers[0].introspection_client_secret_env",
+        "PORTCULLIS_TEST_INTRO_SECRET_NEVER_SET is not set",
+    );
+    assert_error(
+        &strict,
+        "upstreams[0].auth.client_secret_env",
+        "PORTCULLIS_TEST_CC_NEVER_SET is not set",
+    );
+    assert_eq!(strict.len(), 2, "nothing else: {strict:?}");
+
+    let loaded = load_str_with(&toml, &inline_config_origin(), EnvMode::Structural)
+        .expect("check mode validates the config, not the environment");
+    let unset: Vec<&str> = loaded
+        .config
+        .unset_secrets
+        .iter()
+        .map(|u| u.path.as_str())
+        .collect();
+    assert_eq!(
+        unset,
+        [
+            "issuers[0].introspection_client_secret_env",
+            "upstreams[0].auth.client_secret_env"
+        ]
+    );
+    assert!(loaded.config.ensure_servable().is_err());
+}
+
+#[test]
+fn the_metadata_source_and_an_upstream_with_one_credential_share_one_token() {
+    set_secrets();
+    let up = MockUpstream::start();
+    let tokens = MockTokenEndpoint::start(3600);
+    let jwks = MockJwks::start(standard_jwks());
+    let iam = MockServer::start(|_req| {
+        MockResponse::json(
+            200,
+            json!({"id": "rec-1", "clientId": DEFAULT_CLIENT_ID, "enabled": true,
+                   "entitlements": [], "ipFilterOp": null, "ipFilters": []})
+            .to_string(),
+        )
+    });
+    let credential = format!(
+        "token_url = {}, client_id = \"gw:cc\", client_secret_env = {}, scope = \"api admin\"",
+        toml_str(&tokens.url()),
+        toml_str(TOKEN_SECRET_ENV)
+    );
+    let config = ConfigBuilder::new()
+        .issuer("main", DEFAULT_ISSUER, &jwks.url(), "")
+        .upstream("iam", &up.url(), &format!("auth = {{ {credential} }}"))
+        .raw(&format!(
+            "[clients]\nsource = \"http\"\nurl = {}\nentitlements_from = \"token\"\n{}\n",
+            toml_str(&format!("{}/v1.0/apiclients/{{client_id}}", iam.url())),
+            credential.replace(", ", "\n"),
+        ))
+        .raw(
+            r#"
+[[routes]]
+name = "brokered"
+path = "/v1.0/apiclients"
+upstream = "iam"
+strip_authorization = true
+"#,
+        )
+        .build();
+    let gw = TestGateway::start(&config);
+    let resp = gw.request_with_token("GET", "/v1.0/apiclients", &caller_token(), &[], None);
+    assert_eq!(resp.status, 200, "{}", resp.describe());
+    assert_eq!(iam.last().header("authorization"), Some("Bearer cc-1"));
+    assert_eq!(up.last().header("authorization"), Some("Bearer cc-1"));
+    assert_eq!(
+        tokens.issued(),
+        1,
+        "one token for both users of the credential"
+    );
+}
