@@ -31,7 +31,16 @@
 //!   source is not asked (it would get a credential nobody issued), the
 //!   client step is marked `?`, and the steps after it assume the client
 //!   record exists, is enabled, admits the client IP and grants the token's
-//!   entitlements.
+//!   entitlements;
+//! - an opaque token on a route whose introspection issuers' client secret
+//!   is not set: their endpoint is not asked (it would get a placeholder
+//!   credential); the token step shows the 503 `introspection_unavailable`
+//!   the gateway would answer without an answer, and the decision is
+//!   "unknown", naming the secret.
+//!
+//! An opaque token is otherwise introspected for real, one call per
+//! introspection issuer of the route (a `keys` line says so up front); the
+//! token step then says `introspected` and shows what the answer gave.
 //!
 //! A refusal that does not depend on what is undecided is still a refusal;
 //! otherwise the decision is "unknown".

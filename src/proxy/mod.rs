@@ -9,6 +9,7 @@
 //!                          3. client IP, route ip_allow / ip_deny             (policy::client_ip, policy::ip)
 //!                          4. bearer token → verified claims                   (auth)
 //!                          6. entitlements require_all / require_any          (policy::entitlements)
+//!                          8. the upstream's client_credentials token, if any (clients::oauth)
 //! upstream_peer            8. the route's upstream, timeouts from the config
 //! upstream_request_filter  8. header hygiene and identity headers              (proxy::headers)
 //! response_filter             X-Request-Id on every response
