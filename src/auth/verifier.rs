@@ -1,7 +1,9 @@
 //! JWT verification: the entry point the proxy calls for step 4.
 //!
-//! The token is taken apart and checked in this order, each step refusing
-//! with its own [`TokenFault`]:
+//! A token that is not JWT-shaped ([`looks_like_jwt`]) goes to the route's
+//! introspection issuers instead ([`super::introspection`]), when it has
+//! any; a JWT-shaped one never does. A JWT is taken apart and checked in
+//! this order, each step refusing with its own [`TokenFault`]:
 //!
 //! 1. shape — three base64url parts (no padding), at most 16 KiB;
 //! 2. header — strict JSON (no duplicate members); `alg` a string and never
