@@ -1,8 +1,9 @@
 //! The admin listener: health, readiness and the mutating admin endpoints.
 //!
 //! `GET /metrics` — Prometheus text format. `GET /healthz` — the process is alive. `GET /readyz` — a config is loaded
-//! and every issuer has keys, and no shutdown has begun (503 with a JSON
-//! reason otherwise).
+//! and every issuer has keys (an introspection issuer has none and is ready
+//! from the start), and no shutdown has begun (503 with a JSON reason
+//! otherwise).
 //! `POST /admin/clients/{client_id}/invalidate` and
 //! `POST /admin/clients/invalidate-all` — evict cached client metadata;
 //! `POST /admin/reload` — re-read the config file (as SIGHUP does). They
@@ -126,12 +127,7 @@ impl AdminApp {
                     .issuers
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| {
-                        state
-                            .verifier
-                            .issuer_keys(*i)
-                            .is_none_or(|k| k.current().is_none())
-                    })
+                    .filter(|(i, _)| !state.verifier.issuer_ready(*i))
                     .map(|(_, iss)| iss.name.as_str())
                     .collect();
                 if missing.is_empty() {

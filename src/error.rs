@@ -66,6 +66,11 @@ pub enum GatewayError {
     /// No keys were ever loaded for the token's issuer (503, fail closed).
     #[error("signing keys for this issuer are not available")]
     KeysUnavailable,
+    /// The introspection endpoint could not give a usable answer (down,
+    /// timeout, non-200, not an RFC 7662 answer) and no cached answer
+    /// applies (503, fail closed).
+    #[error("token introspection is unavailable")]
+    IntrospectionUnavailable,
 
     // --- step 5: client metadata ---
     /// The token names no client, or the metadata source does not know it.
@@ -110,6 +115,10 @@ pub enum GatewayError {
     /// content-encoded): it is not passed on. Gateway-authored reason.
     #[error("the upstream's answer could not be redacted: {0}")]
     ResponseNotRedactable(&'static str),
+    /// The gateway could not obtain its own client_credentials token for the
+    /// upstream (503): the request is not sent without it.
+    #[error("the gateway's credential for the upstream is unavailable")]
+    UpstreamCredentialUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -177,6 +186,8 @@ pub enum TokenFault {
     IssuedInFuture,
     /// `aud` does not contain any configured audience.
     BadAudience,
+    /// The introspection endpoint says the token is not active.
+    Inactive,
 }
 
 impl TokenFault {
@@ -198,6 +209,7 @@ impl TokenFault {
             TokenFault::NotYetValid => "token_not_yet_valid",
             TokenFault::IssuedInFuture => "token_issued_in_future",
             TokenFault::BadAudience => "audience_mismatch",
+            TokenFault::Inactive => "token_inactive",
         }
     }
 
@@ -219,6 +231,7 @@ impl TokenFault {
             TokenFault::NotYetValid => "the token is not yet valid",
             TokenFault::IssuedInFuture => "the token was issued in the future",
             TokenFault::BadAudience => "the token's audience is not accepted",
+            TokenFault::Inactive => "the token is not active",
         }
     }
 }
@@ -248,7 +261,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             IpDenied => 403,
             MissingToken | InvalidToken(_) => 401,
-            KeysUnavailable => 503,
+            KeysUnavailable | IntrospectionUnavailable => 503,
             UnknownClient | ClientDisabled | ClientIpDenied | InvalidClientRecord => 403,
             MetadataUnavailable => 503,
             InsufficientEntitlements { .. } => 403,
@@ -256,6 +269,7 @@ impl GatewayError {
             UpstreamUnreachable => 502,
             UpstreamTimeout => 504,
             ResponseNotRedactable(_) => 502,
+            UpstreamCredentialUnavailable => 503,
             Internal => 500,
         }
     }
@@ -280,6 +294,7 @@ impl GatewayError {
             MissingToken => "missing_token",
             InvalidToken(fault) => fault.code(),
             KeysUnavailable => "keys_unavailable",
+            IntrospectionUnavailable => "introspection_unavailable",
             UnknownClient => "unknown_client",
             ClientDisabled => "client_disabled",
             ClientIpDenied => "client_ip_denied",
@@ -290,6 +305,7 @@ impl GatewayError {
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
             ResponseNotRedactable(_) => "response_not_redactable",
+            UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Internal => "internal_error",
         }
     }
@@ -331,6 +347,7 @@ mod tests {
             TokenFault::NotYetValid,
             TokenFault::IssuedInFuture,
             TokenFault::BadAudience,
+            TokenFault::Inactive,
         ];
         let mut codes: Vec<_> = faults.iter().map(|f| f.code()).collect();
         codes.sort_unstable();

@@ -31,7 +31,16 @@
 //!   source is not asked (it would get a credential nobody issued), the
 //!   client step is marked `?`, and the steps after it assume the client
 //!   record exists, is enabled, admits the client IP and grants the token's
-//!   entitlements.
+//!   entitlements;
+//! - an opaque token on a route whose introspection issuers' client secret
+//!   is not set: their endpoint is not asked (it would get a placeholder
+//!   credential); the token step shows the 503 `introspection_unavailable`
+//!   the gateway would answer without an answer, and the decision is
+//!   "unknown", naming the secret.
+//!
+//! An opaque token is otherwise introspected for real, one call per
+//! introspection issuer of the route (a `keys` line says so up front); the
+//! token step then says `introspected` and shows what the answer gave.
 //!
 //! A refusal that does not depend on what is undecided is still a refusal;
 //! otherwise the decision is "unknown".
@@ -187,6 +196,8 @@ struct RequestInput {
     target: String,
     peer: IpAddr,
     token_given: bool,
+    /// The token is not JWT-shaped: introspection decides it.
+    opaque_token: bool,
     /// Set when the token's signature cannot be checked here.
     unchecked_signature: Option<UncheckedSignature>,
     /// (name as given, value), in sending order.
@@ -392,6 +403,9 @@ fn request_input(
         target: args.path.clone(),
         peer: canonical(args.from),
         token_given: token.is_some(),
+        opaque_token: token
+            .as_deref()
+            .is_some_and(|t| !crate::auth::looks_like_jwt(t)),
         unchecked_signature,
         headers,
         body,
@@ -548,6 +562,15 @@ async fn decide(
     // Keys were fetched just now; an unknown `kid` would not be found by
     // asking again, so do not wait for a refetch nobody runs.
     verifier.set_refetch_wait(Duration::ZERO);
+    // Never send an introspection endpoint the placeholder of a secret
+    // that is not set here: such an issuer's answer is undecided.
+    for (index, issuer) in config.issuers.iter().enumerate() {
+        if let KeySource::Introspection(intro) = &issuer.keys {
+            if is_unset(&config, &intro.client_secret_env) {
+                verifier.withhold_introspection(index);
+            }
+        }
+    }
     let verifier = Arc::new(verifier);
     let key_notes = load_keys(&config, &verifier).await;
     let state = GatewayState::new(Arc::new(config), verifier);
@@ -782,7 +805,7 @@ async fn decide(
         Err((error, phase)) => {
             let step = refusing_step(&trace.passed, error, *phase);
             step_line(&mut out, '✗', step.name(), &error.to_string());
-            for line in refusal_context(&state, &progress, error, input.token_given) {
+            for line in refusal_context(&state, &progress, error, &input) {
                 more_line(&mut out, &line);
             }
             if step == Step::Token {
@@ -858,6 +881,25 @@ fn refusal_depends_on(
             ));
         }
     }
+    if matches!(error, GatewayError::IntrospectionUnavailable) && input.opaque_token {
+        let withheld: Vec<&str> = route
+            .into_iter()
+            .flat_map(|r| r.issuers.iter())
+            .filter_map(|i| config.issuers.get(*i))
+            .filter_map(|i| match &i.keys {
+                KeySource::Introspection(intro) if is_unset(config, &intro.client_secret_env) => {
+                    Some(intro.client_secret_env.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        if !withheld.is_empty() {
+            return Some(format!(
+                "the introspection answer (not asked: ${} is not set)",
+                withheld.join(", $")
+            ));
+        }
+    }
     if matches!(
         error,
         GatewayError::InvalidToken(crate::error::TokenFault::BadSignature)
@@ -889,7 +931,9 @@ fn unset_credential<'c>(
         return None;
     }
     let env = match upstream?.auth.as_ref()? {
-        UpstreamAuth::Bearer { env, .. } | UpstreamAuth::Header { env, .. } => env,
+        UpstreamAuth::Bearer { env, .. }
+        | UpstreamAuth::Header { env, .. }
+        | UpstreamAuth::ClientCredentials { env, .. } => env,
     };
     is_unset(config, env).then_some(env.as_str())
 }
@@ -965,10 +1009,35 @@ fn refusal_context(
     state: &GatewayState,
     progress: &Progress,
     error: &GatewayError,
-    token_given: bool,
+    input: &RequestInput,
 ) -> Vec<String> {
     let route = progress.route.and_then(|r| state.config.routes.get(r));
     let mut lines = Vec::new();
+    let introspected_by: Vec<String> = route
+        .into_iter()
+        .flat_map(|r| r.issuers.iter())
+        .filter_map(|i| state.config.issuers.get(*i))
+        .filter_map(|i| match &i.keys {
+            KeySource::Introspection(intro)
+                if !is_unset(&state.config, &intro.client_secret_env) =>
+            {
+                Some(format!("{:?} at {}", i.name, intro.url))
+            }
+            _ => None,
+        })
+        .collect();
+    let introspected = input.opaque_token
+        && matches!(
+            error,
+            GatewayError::InvalidToken(_) | GatewayError::IntrospectionUnavailable
+        )
+        && !introspected_by.is_empty();
+    if introspected {
+        lines.push(format!(
+            "an opaque token: introspected (RFC 7662, one call each, in order) by {}",
+            introspected_by.join(", ")
+        ));
+    }
     match error {
         GatewayError::MethodNotAllowed { allow } => {
             lines.push(format!("the path matches a route with Allow: {allow}"));
@@ -987,11 +1056,14 @@ fn refusal_context(
                 ));
             }
         }
-        GatewayError::MissingToken if !token_given => {
+        GatewayError::MissingToken if !input.token_given => {
             lines.push("no token was given (--token or --token-file)".into());
         }
         GatewayError::KeysUnavailable => {
             lines.push("the issuer's keys could not be loaded (see `keys` above)".into());
+        }
+        GatewayError::IntrospectionUnavailable if introspected => {
+            lines.push("no usable answer: unreachable, timed out, not 200 or not an RFC 7662 object (the gateway fails closed)".into());
         }
         GatewayError::UnknownClient
         | GatewayError::ClientDisabled
@@ -1113,6 +1185,14 @@ async fn load_keys(config: &Config, verifier: &Verifier) -> Vec<String> {
             KeySource::HmacSecret { env, .. } => {
                 format!("{:?}: shared secret from ${env}", issuer.name)
             }
+            KeySource::Introspection(intro) if is_unset(config, &intro.client_secret_env) => format!(
+                "{:?}: no keys, opaque tokens introspected at {} — not asked here: ${} is not set (required at run)",
+                issuer.name, intro.url, intro.client_secret_env
+            ),
+            KeySource::Introspection(intro) => format!(
+                "{:?}: no keys, opaque tokens introspected at {} (explain asks it once, nothing cached)",
+                issuer.name, intro.url
+            ),
         };
         notes.push(note);
     }

@@ -36,6 +36,8 @@ pub struct Metrics {
     jwks_age: prometheus::GaugeVec,
     jwks_keys: IntGaugeVec,
     issuer_ready: IntGaugeVec,
+    introspection_requests: IntCounterVec,
+    introspection_cache_hits: IntCounterVec,
     cache_requests: IntCounterVec,
     cache_loads: IntCounterVec,
     cache_stale: IntCounter,
@@ -159,7 +161,19 @@ impl Metrics {
             issuer_ready: gauge_vec(
                 &r,
                 "portcullis_issuer_ready",
-                "1 when the issuer has a key set, else 0.",
+                "1 when the issuer can decide tokens (a key set loaded, or introspection), else 0.",
+                &["issuer"],
+            )?,
+            introspection_requests: counter_vec(
+                &r,
+                "portcullis_introspection_requests_total",
+                "RFC 7662 introspection calls per issuer by result: active, inactive, refused (active but expired, not yet valid, another iss or aud), error (no usable answer).",
+                &["issuer", "result"],
+            )?,
+            introspection_cache_hits: counter_vec(
+                &r,
+                "portcullis_introspection_cache_hits_total",
+                "Opaque tokens decided from the introspection cache, per issuer.",
                 &["issuer"],
             )?,
             cache_requests: counter_vec(
@@ -356,7 +370,27 @@ impl Metrics {
                 .set(set.as_ref().map_or(0, |s| s.len() as i64));
             self.issuer_ready
                 .with_label_values(&[name])
-                .set(i64::from(set.is_some()));
+                .set(i64::from(state.verifier.issuer_ready(i)));
+            if let Some(stats) = state.verifier.introspection_stats(i) {
+                let verifier = Arc::as_ptr(&state.verifier) as usize;
+                let calls = stats.calls();
+                for (result, raw) in crate::auth::introspection::RESULTS.iter().zip(calls) {
+                    self.advance(
+                        &mut seen,
+                        format!("introspection/{result}/{i}/{verifier:x}"),
+                        raw,
+                        &self
+                            .introspection_requests
+                            .with_label_values(&[name, result]),
+                    );
+                }
+                self.advance(
+                    &mut seen,
+                    format!("introspection/hit/{i}/{verifier:x}"),
+                    stats.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
+                    &self.introspection_cache_hits.with_label_values(&[name]),
+                );
+            }
             if let Some(age) = keys.last_success().and_then(|t| now.duration_since(t).ok()) {
                 self.jwks_age
                     .with_label_values(&[name])

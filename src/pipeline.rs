@@ -271,7 +271,12 @@ pub async fn admit_head<T: Trace>(
     passed!(
         trace,
         Step::Token,
-        "verified: issuer {:?}, subject {:?}, client {:?}, entitlements {:?}",
+        "{}: issuer {:?}, subject {:?}, client {:?}, entitlements {:?}",
+        if state.verifier.introspects(verified.issuer) {
+            "introspected (RFC 7662: active, iss / exp / nbf / aud accepted)"
+        } else {
+            "verified"
+        },
         config
             .issuers
             .get(verified.issuer)

@@ -11,6 +11,8 @@
 //!   refetches, throttled and single-flight, when a token names an unknown
 //!   `kid`; the last good set survives a failing or empty answer;
 //! * [`strict_json`] is the JSON object parser that refuses duplicate names;
+//! * [`introspection`] checks opaque tokens by RFC 7662 introspection and
+//!   caches the answers (single-flight per token);
 //! * [`token_cache`] remembers verified tokens (by digest) so a signature is
 //!   checked once per cache lifetime.
 //!
@@ -18,6 +20,7 @@
 //! whose messages never contain a token, key or secret.
 
 pub mod bearer;
+pub mod introspection;
 pub mod jwks;
 pub mod keys;
 pub mod strict_json;
@@ -31,4 +34,4 @@ pub use bearer::bearer_token;
 pub use jwks::{JwksRefresher, RefetchOutcome};
 pub use keys::{IssuerKeys, KeySet};
 pub use token_cache::TokenCacheSettings;
-pub use verifier::{entitlements_from_claims, VerifiedToken, Verifier};
+pub use verifier::{entitlements_from_claims, looks_like_jwt, VerifiedToken, Verifier};

@@ -1,7 +1,9 @@
 //! JWT verification: the entry point the proxy calls for step 4.
 //!
-//! The token is taken apart and checked in this order, each step refusing
-//! with its own [`TokenFault`]:
+//! A token that is not JWT-shaped ([`looks_like_jwt`]) goes to the route's
+//! introspection issuers instead ([`super::introspection`]), when it has
+//! any; a JWT-shaped one never does. A JWT is taken apart and checked in
+//! this order, each step refusing with its own [`TokenFault`]:
 //!
 //! 1. shape — three base64url parts (no padding), at most 16 KiB;
 //! 2. header — strict JSON (no duplicate members); `alg` a string and never
@@ -29,6 +31,7 @@ use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bearer::MAX_TOKEN_BYTES;
+use super::introspection::{Candidate, IntrospectionStats, Introspector};
 use super::jwks::{JwksRefresher, RefetchOutcome, REFETCH_WAIT};
 use super::keys::{algorithm_from_name, is_hmac, IssuerKeys, KeySet};
 use super::strict_json::{self, StrictJsonError};
@@ -72,6 +75,11 @@ pub struct Verifier {
     /// fields (those `pin_headers` reads); `None` keeps them all. Keeping
     /// only these makes a cached token a few hundred bytes, not kilobytes.
     kept_claims: Option<Vec<String>>,
+    /// RFC 7662 introspection, when any issuer has `introspection_url`.
+    introspector: Option<Introspector>,
+    /// Introspection issuers never asked (their secret is not set where
+    /// `explain` runs): their tokens are undecided, answered as an outage.
+    withheld: Vec<usize>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -97,11 +105,13 @@ impl Verifier {
 
     /// Like [`new`](Self::new) with explicit token-cache settings.
     pub fn with_cache(issuers: &[Arc<IssuerConfig>], cache: TokenCacheSettings) -> Verifier {
-        let issuers = issuers
+        let issuers: Vec<IssuerEntry> = issuers
             .iter()
             .map(|config| {
                 let keys = match &config.keys {
-                    KeySource::JwksUrl(_) => IssuerKeys::new(&config.name),
+                    KeySource::JwksUrl(_) | KeySource::Introspection(_) => {
+                        IssuerKeys::new(&config.name)
+                    }
                     KeySource::HmacSecret { secret, .. } => {
                         IssuerKeys::with_set(&config.name, KeySet::from_hmac_secret(&secret.0))
                     }
@@ -137,13 +147,41 @@ impl Verifier {
                 }
             })
             .collect();
+        let introspector = issuers
+            .iter()
+            .any(|e: &IssuerEntry| matches!(e.config.keys, KeySource::Introspection(_)))
+            .then(|| Introspector::new(issuers.len(), cache.max_entries));
         Verifier {
             issuers,
             refetch_wait: REFETCH_WAIT,
             cache: TokenCache::new(cache),
             signature_checks: AtomicU64::new(0),
             kept_claims: None,
+            introspector,
+            withheld: Vec::new(),
         }
+    }
+
+    /// Never call the introspection endpoint of the issuer at `index`: its
+    /// opaque tokens get [`GatewayError::IntrospectionUnavailable`] (for
+    /// `explain` without the issuer's client secret).
+    pub fn withhold_introspection(&mut self, index: usize) {
+        self.withheld.push(index);
+    }
+
+    /// Whether the issuer at `index` checks opaque tokens by introspection.
+    pub fn introspects(&self, index: usize) -> bool {
+        self.issuers
+            .get(index)
+            .is_some_and(|e| matches!(e.config.keys, KeySource::Introspection(_)))
+    }
+
+    /// Introspection counters of the issuer at `index` (None for a JWT issuer).
+    pub fn introspection_stats(&self, index: usize) -> Option<&IntrospectionStats> {
+        if !self.introspects(index) {
+            return None;
+        }
+        self.introspector.as_ref()?.stats(index)
     }
 
     /// Keep only these top-level claims in verified tokens (see `kept_claims`).
@@ -223,9 +261,18 @@ impl Verifier {
         self.issuers.get(index).map(|e| &e.keys)
     }
 
-    /// Whether every issuer has a key set loaded (for `/readyz`).
+    /// Whether every issuer has a key set loaded (for `/readyz`);
+    /// introspection issuers have none and are always ready.
     pub fn all_ready(&self) -> bool {
-        self.issuers.iter().all(|e| e.keys.current().is_some())
+        (0..self.issuers.len()).all(|i| self.issuer_ready(i))
+    }
+
+    /// Whether the issuer at `index` can decide tokens: keys loaded, or
+    /// introspection (which needs no keys; an outage is per request).
+    pub fn issuer_ready(&self, index: usize) -> bool {
+        self.issuers.get(index).is_some_and(|e| {
+            matches!(e.config.keys, KeySource::Introspection(_)) || e.keys.current().is_some()
+        })
     }
 
     /// Verifies `token` for a route that accepts the issuers at the indices
@@ -237,6 +284,18 @@ impl Verifier {
         accepted: &[usize],
         now: u64,
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
+        // A JWT is verified, never sent to an introspection endpoint; any
+        // other token goes to the route's introspection issuers, if any.
+        if !looks_like_jwt(token) {
+            if let Some(introspector) = &self.introspector {
+                let candidates = self.introspection_candidates(accepted);
+                if !candidates.is_empty() {
+                    return introspector
+                        .introspect(token, &candidates, now, self.kept_claims.as_deref())
+                        .await;
+                }
+            }
+        }
         let Some(cache) = &self.cache else {
             return self
                 .verify_uncached(token, accepted, now)
@@ -345,44 +404,38 @@ impl Verifier {
         check_audience(&claims, &config.audiences)?;
 
         // 9: what the later steps need.
-        let entitlements =
-            entitlements_from_claims(&claims, &config.entitlements_claim).map_err(fault)?;
-        let client_id = config
-            .client_id_claims
+        let verified = identity(
+            index,
+            config,
+            claims,
+            expires_at,
+            self.kept_claims.as_deref(),
+        )
+        .map_err(fault)?;
+        Ok((verified, key_set))
+    }
+
+    /// The route's introspection issuers, in config order.
+    fn introspection_candidates(&self, accepted: &[usize]) -> Vec<Candidate<'_>> {
+        self.issuers
             .iter()
-            .find_map(|name| claims.get(name).and_then(Value::as_str))
-            .map(str::to_owned);
-        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
-        let claims = match &self.kept_claims {
-            None => claims,
-            // A fresh map, not `retain`: an emptied BTreeMap keeps its node
-            // (~600 bytes), which every cached token would carry.
-            Some(names) => {
-                let mut all = claims;
-                let mut kept = Map::new();
-                for name in names {
-                    if let Some((name, value)) = all.remove_entry(name) {
-                        kept.insert(name, value);
-                    }
-                }
-                kept
-            }
-        };
-        Ok((
-            VerifiedToken {
-                issuer: index,
-                claims,
-                subject,
-                client_id,
-                entitlements,
-                expires_at,
-            },
-            key_set,
-        ))
+            .enumerate()
+            .filter(|(index, _)| accepted.contains(index))
+            .filter_map(|(index, e)| match &e.config.keys {
+                KeySource::Introspection(intro) => Some(Candidate {
+                    index,
+                    issuer: &e.config,
+                    introspection: intro,
+                    withheld: self.withheld.contains(&index),
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The first issuer entry with this `iss` that the route accepts and
-    /// whose algorithms include `alg`.
+    /// whose algorithms include `alg`. Introspection entries are skipped: a
+    /// JWT is never theirs, even when they share its `iss`.
     fn pick_issuer(
         &self,
         claims: &Map<String, Value>,
@@ -397,7 +450,9 @@ impl Verifier {
         let mut known = false;
         let mut route_accepts = false;
         for (index, entry) in self.issuers.iter().enumerate() {
-            if entry.config.issuer != iss {
+            if entry.config.issuer != iss
+                || matches!(entry.config.keys, KeySource::Introspection(_))
+            {
                 continue;
             }
             known = true;
@@ -477,6 +532,28 @@ impl<'t> TokenParts<'t> {
     }
 }
 
+/// Whether `token` is shaped like a JWS: three base64url parts whose first
+/// decodes to a JSON object. Only such tokens are verified as JWTs; any
+/// other goes to introspection (where a route has it), so a JWT never
+/// reaches an introspection endpoint. The header is parsed leniently here:
+/// the verifier's strict parse then names a duplicate member precisely.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    if header.is_empty() || !is_b64url(header) || header.len() > MAX_TOKEN_BYTES {
+        return false;
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
+        .is_some()
+}
+
 /// Unpadded base64url text of a length that can decode.
 fn is_b64url(part: &str) -> bool {
     part.len() % 4 != 1
@@ -549,9 +626,20 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, 
 /// Checks `exp` (required), `nbf` and `iat` against `now` with `leeway`;
 /// returns `exp` in whole seconds.
 fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64, GatewayError> {
+    numeric_date(claims, "exp")?.ok_or(fault(TokenFault::MissingExpiry))?;
+    check_times_optional(claims, now, leeway)
+}
+
+/// Like [`check_times`] with `exp` optional (an introspection answer need
+/// not carry one): `u64::MAX` when absent.
+pub(super) fn check_times_optional(
+    claims: &Map<String, Value>,
+    now: u64,
+    leeway: u64,
+) -> Result<u64, GatewayError> {
     let (now, leeway) = (now as f64, leeway as f64);
-    let exp = numeric_date(claims, "exp")?.ok_or(fault(TokenFault::MissingExpiry))?;
-    if now > exp + leeway {
+    let exp = numeric_date(claims, "exp")?;
+    if exp.is_some_and(|exp| now > exp + leeway) {
         return Err(fault(TokenFault::Expired));
     }
     if numeric_date(claims, "nbf")?.is_some_and(|nbf| now + leeway < nbf) {
@@ -562,12 +650,15 @@ fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64
     }
     // `as` saturates: a negative `exp` (already refused unless within
     // leeway of 0) becomes 0, a huge one u64::MAX.
-    Ok(exp.floor() as u64)
+    Ok(exp.map_or(u64::MAX, |exp| exp.floor() as u64))
 }
 
 /// With configured `audiences`, `aud` (a string or an array of strings) must
 /// contain one of them.
-fn check_audience(claims: &Map<String, Value>, audiences: &[String]) -> Result<(), GatewayError> {
+pub(super) fn check_audience(
+    claims: &Map<String, Value>,
+    audiences: &[String],
+) -> Result<(), GatewayError> {
     if audiences.is_empty() {
         return Ok(());
     }
@@ -590,6 +681,49 @@ fn check_audience(claims: &Map<String, Value>, audiences: &[String]) -> Result<(
     } else {
         Err(fault(TokenFault::BadAudience))
     }
+}
+
+/// What the later steps read from checked claims (a JWT's or an
+/// introspection answer's): the client id (first of the issuer's
+/// `client_id_claims` present as a string), `sub`, the entitlements, and the
+/// claims `kept` (all when `None`).
+pub(super) fn identity(
+    index: usize,
+    config: &IssuerConfig,
+    claims: Map<String, Value>,
+    expires_at: u64,
+    kept: Option<&[String]>,
+) -> Result<VerifiedToken, TokenFault> {
+    let entitlements = entitlements_from_claims(&claims, &config.entitlements_claim)?;
+    let client_id = config
+        .client_id_claims
+        .iter()
+        .find_map(|name| claims.get(name).and_then(Value::as_str))
+        .map(str::to_owned);
+    let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+    let claims = match kept {
+        None => claims,
+        // A fresh map, not `retain`: an emptied BTreeMap keeps its node
+        // (~600 bytes), which every cached token would carry.
+        Some(names) => {
+            let mut all = claims;
+            let mut kept = Map::new();
+            for name in names {
+                if let Some((name, value)) = all.remove_entry(name) {
+                    kept.insert(name, value);
+                }
+            }
+            kept
+        }
+    };
+    Ok(VerifiedToken {
+        issuer: index,
+        claims,
+        subject,
+        client_id,
+        entitlements,
+        expires_at,
+    })
 }
 
 /// The entitlements in `claims` at the dotted `path` (segments already

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -97,15 +98,17 @@ impl TokenSource {
                         }
                     }
                 }
-                let secret = std::str::from_utf8(&client_secret.0)
-                    .map_err(|_| "client secret is not UTF-8".to_string())?;
                 let mut form = vec![("grant_type", "client_credentials")];
                 if let Some(scope) = scope {
                     form.push(("scope", scope.as_str()));
                 }
                 let resp = http
                     .post(token_url)
-                    .basic_auth(client_id, Some(secret))
+                    .header(
+                        http::header::AUTHORIZATION,
+                        basic_authorization(client_id, &client_secret.0)?,
+                    )
+                    .header(http::header::ACCEPT, "application/json")
                     .form(&form)
                     .send()
                     .await
@@ -129,9 +132,72 @@ impl TokenSource {
     }
 }
 
+impl TokenSource {
+    /// Forget the cached token if it is still the one in `sent` (an
+    /// `Authorization` value this source produced) — after the service
+    /// answered 401 to it — so the next request obtains a new one. A token
+    /// renewed meanwhile is kept.
+    pub async fn discard(&self, sent: &str) {
+        let mut cached = self.cached.lock().await;
+        let stale = cached
+            .as_ref()
+            .is_some_and(|(token, _)| sent.strip_prefix("Bearer ") == Some(token.as_str()));
+        if stale {
+            *cached = None;
+        }
+    }
+
+    /// The credential this source presents.
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+}
+
+/// Characters `application/x-www-form-urlencoded` leaves as they are
+/// (alphanumerics and `*-._`, WHATWG URL §5.2); a space becomes `+`.
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
+/// One value form-urlencoded (RFC 6749 Appendix B).
+pub fn form_urlencode(value: &[u8]) -> String {
+    percent_encode(value, FORM).to_string().replace("%20", "+")
+}
+
+/// HTTP Basic client authentication as RFC 6749 §2.3.1 (and RFC 7662 §2.1)
+/// define it: the client id and the secret are each form-urlencoded first,
+/// so an id with `:` or a secret with `%` reaches the server unchanged.
+/// Marked sensitive so no debug output prints it.
+pub fn basic_authorization(client_id: &str, secret: &[u8]) -> Result<http::HeaderValue, String> {
+    use base64::Engine as _;
+    let pair = format!(
+        "{}:{}",
+        form_urlencode(client_id.as_bytes()),
+        form_urlencode(secret)
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = http::HeaderValue::from_str(&format!("Basic {encoded}"))
+        .map_err(|_| "client credentials are not a valid header value".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_urlencoded_first() {
+        assert_eq!(form_urlencode(b"a:b"), "a%3Ab");
+        assert_eq!(form_urlencode(b"s%cr t+/="), "s%25cr+t%2B%2F%3D");
+        assert_eq!(form_urlencode(b"Az09*-._~"), "Az09*-._%7E");
+        let v = basic_authorization("a:b", b"p%ss").unwrap();
+        // base64("a%3Ab:p%25ss")
+        assert_eq!(v.to_str().unwrap(), "Basic YSUzQWI6cCUyNXNz");
+        assert!(v.is_sensitive());
+    }
 
     #[test]
     fn renewal_is_capped_and_never_overflows() {

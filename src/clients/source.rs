@@ -60,7 +60,8 @@ pub struct HttpSource {
     pub response_pointer: String,
     pub fields: FieldPointers,
     pub timeout: Duration,
-    pub auth: TokenSource,
+    /// Shared with other users of the same credential.
+    pub auth: Arc<TokenSource>,
     pub http: reqwest::Client,
 }
 

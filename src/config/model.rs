@@ -102,6 +102,35 @@ pub enum KeySource {
     JwksFile { path: PathBuf, document: String },
     /// An HMAC shared secret read from an env var at load time.
     HmacSecret { env: String, secret: Secret },
+    /// No keys: opaque tokens are checked by RFC 7662 introspection.
+    Introspection(Arc<IntrospectionConfig>),
+}
+
+/// `introspection_*` keys of an `[[issuers]]` entry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IntrospectionConfig {
+    pub url: String,
+    /// The gateway's own client id at the endpoint (HTTP Basic).
+    pub client_id: String,
+    /// Its secret, and the env var it was read from.
+    pub client_secret: Secret,
+    pub client_secret_env: String,
+    /// Longest an active answer is cached (never past its `exp`).
+    pub cache_ttl: Duration,
+    /// Per introspection call.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("client_secret_env", &self.client_secret_env)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for KeySource {
@@ -115,6 +144,7 @@ impl std::fmt::Debug for KeySource {
                 .debug_struct("HmacSecret")
                 .field("env", env)
                 .finish_non_exhaustive(),
+            KeySource::Introspection(intro) => f.debug_tuple("Introspection").field(intro).finish(),
         }
     }
 }
@@ -203,6 +233,13 @@ pub enum UpstreamAuth {
         env: String,
         value: Secret,
     },
+    /// A token obtained by OAuth 2.0 client_credentials, sent as `Bearer`.
+    ClientCredentials {
+        /// `token_url`, `client_id`, the secret and `scope`.
+        credential: crate::clients::oauth::Credential,
+        /// The env var of `client_secret_env`.
+        env: String,
+    },
 }
 
 impl std::fmt::Debug for UpstreamAuth {
@@ -210,6 +247,9 @@ impl std::fmt::Debug for UpstreamAuth {
         match self {
             UpstreamAuth::Bearer { env, .. } => write!(f, "Bearer(from ${env})"),
             UpstreamAuth::Header { name, env, .. } => write!(f, "Header({name} from ${env})"),
+            UpstreamAuth::ClientCredentials { env, .. } => {
+                write!(f, "ClientCredentials(secret from ${env})")
+            }
         }
     }
 }

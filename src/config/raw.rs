@@ -143,6 +143,11 @@ pub struct RawIssuer {
     pub client_id_claims: Option<Vec<String>>,
     pub entitlements_claim: Option<String>,
     pub client_metadata: Option<bool>,
+    pub introspection_url: Option<String>,
+    pub introspection_client_id: Option<String>,
+    pub introspection_client_secret_env: Option<String>,
+    pub introspection_cache_seconds: Option<i64>,
+    pub introspection_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +169,10 @@ pub struct RawUpstreamAuth {
     pub bearer_env: Option<String>,
     pub header: Option<String>,
     pub value_env: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

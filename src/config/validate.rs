@@ -513,17 +513,23 @@ fn issuer_config(
         raw.jwks_url.is_some(),
         raw.jwks_file.is_some(),
         raw.hmac_secret_env.is_some(),
+        raw.introspection_url.is_some(),
     ];
     let source_count = sources.iter().filter(|s| **s).count();
     if source_count != 1 {
         errs.push(
             path.to_string(),
-            "needs exactly one of jwks_url, jwks_file, hmac_secret_env",
+            "needs exactly one of jwks_url, jwks_file, hmac_secret_env, introspection_url",
         );
     }
+    let introspects = raw.introspection_url.is_some();
+    let introspection = introspection_config(&raw, path, errs);
 
     let mut algorithms = Vec::new();
     match &raw.algorithms {
+        // Opaque tokens carry no algorithm; the JWT-only keys are refused
+        // below so a mixed-up entry is caught at load.
+        _ if introspects => {}
         None => errs.push(
             format!("{path}.algorithms"),
             "is required (e.g. [\"RS256\"])",
@@ -557,7 +563,11 @@ fn issuer_config(
         );
     }
 
-    let keys = if let Some(url) = &raw.jwks_url {
+    let keys = if let Some(intro) = introspection {
+        Some(KeySource::Introspection(Arc::new(intro)))
+    } else if introspects {
+        None
+    } else if let Some(url) = &raw.jwks_url {
         check_url(url, &format!("{path}.jwks_url"), errs);
         Some(KeySource::JwksUrl(url.clone()))
     } else if let Some(file) = &raw.jwks_file {
@@ -690,6 +700,115 @@ fn issuer_config(
         client_id_claims,
         entitlements_claim,
         client_metadata: raw.client_metadata.unwrap_or(true),
+    })
+}
+
+/// The `introspection_*` keys: required together with `introspection_url`,
+/// refused without it; the JWT-only keys are refused with it.
+fn introspection_config(
+    raw: &RawIssuer,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<IntrospectionConfig> {
+    let Some(url) = &raw.introspection_url else {
+        for (key, present) in [
+            (
+                "introspection_client_id",
+                raw.introspection_client_id.is_some(),
+            ),
+            (
+                "introspection_client_secret_env",
+                raw.introspection_client_secret_env.is_some(),
+            ),
+            (
+                "introspection_cache_seconds",
+                raw.introspection_cache_seconds.is_some(),
+            ),
+            (
+                "introspection_timeout_ms",
+                raw.introspection_timeout_ms.is_some(),
+            ),
+        ] {
+            if present {
+                errs.push(
+                    format!("{path}.{key}"),
+                    "only applies with introspection_url",
+                );
+            }
+        }
+        return None;
+    };
+    for (key, present) in [
+        ("algorithms", raw.algorithms.is_some()),
+        ("token_types", raw.token_types.is_some()),
+        ("jwks_refresh_seconds", raw.jwks_refresh_seconds.is_some()),
+        (
+            "jwks_min_refetch_seconds",
+            raw.jwks_min_refetch_seconds.is_some(),
+        ),
+    ] {
+        if present {
+            errs.push(
+                format!("{path}.{key}"),
+                "is not used with introspection_url (opaque tokens have no header or keys)",
+            );
+        }
+    }
+    let before = errs.0.len();
+    check_url(url, &format!("{path}.introspection_url"), errs);
+    let client_id = match &raw.introspection_client_id {
+        Some(id) if !id.is_empty() => id.clone(),
+        Some(_) => {
+            errs.push(
+                format!("{path}.introspection_client_id"),
+                "must not be empty",
+            );
+            String::new()
+        }
+        None => {
+            errs.push(
+                format!("{path}.introspection_client_id"),
+                "is required with introspection_url (RFC 7662 §2.1: the gateway authenticates itself)",
+            );
+            String::new()
+        }
+    };
+    let secret = match &raw.introspection_client_secret_env {
+        Some(env) => env_secret(
+            env,
+            &format!("{path}.introspection_client_secret_env"),
+            errs,
+        )
+        .map(|secret| (env.clone(), secret)),
+        None => {
+            errs.push(
+                format!("{path}.introspection_client_secret_env"),
+                "is required with introspection_url",
+            );
+            None
+        }
+    };
+    let cache_ttl = Duration::from_secs(non_negative(
+        raw.introspection_cache_seconds,
+        60,
+        86_400,
+        &format!("{path}.introspection_cache_seconds"),
+        errs,
+    ) as u64);
+    let timeout = millis(
+        raw.introspection_timeout_ms,
+        2000,
+        &format!("{path}.introspection_timeout_ms"),
+        errs,
+    );
+    let (client_secret_env, client_secret) = secret?;
+    (errs.0.len() == before).then(|| IntrospectionConfig {
+        url: url.clone(),
+        client_id,
+        client_secret,
+        client_secret_env,
+        cache_ttl,
+        timeout,
     })
 }
 
@@ -1122,6 +1241,20 @@ fn catalogs(
 }
 
 fn upstream_auth(raw: RawUpstreamAuth, path: &str, errs: &mut Errors) -> Option<UpstreamAuth> {
+    let oauth = raw.token_url.is_some()
+        || raw.client_id.is_some()
+        || raw.client_secret_env.is_some()
+        || raw.scope.is_some();
+    if oauth {
+        if raw.bearer_env.is_some() || raw.header.is_some() || raw.value_env.is_some() {
+            errs.push(
+                path.to_string(),
+                "use one form: { bearer_env }, { header, value_env } or { token_url, client_id, client_secret_env, scope }",
+            );
+            return None;
+        }
+        return upstream_client_credentials(raw, path, errs);
+    }
     match (raw.bearer_env, raw.header, raw.value_env) {
         (Some(env), None, None) => {
             let token = env_secret(&env, &format!("{path}.bearer_env"), errs)?;
@@ -1144,11 +1277,69 @@ fn upstream_auth(raw: RawUpstreamAuth, path: &str, errs: &mut Errors) -> Option<
         _ => {
             errs.push(
                 path.to_string(),
-                "use either { bearer_env = \"VAR\" } or { header = \"NAME\", value_env = \"VAR\" }",
+                "use { bearer_env = \"VAR\" }, { header = \"NAME\", value_env = \"VAR\" } or { token_url, client_id, client_secret_env, scope }",
             );
             None
         }
     }
+}
+
+/// `auth = { token_url, client_id, client_secret_env, scope }`.
+fn upstream_client_credentials(
+    raw: RawUpstreamAuth,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<UpstreamAuth> {
+    let before = errs.0.len();
+    let token_url = match raw.token_url {
+        Some(url) => {
+            check_url(&url, &format!("{path}.token_url"), errs);
+            url
+        }
+        None => {
+            errs.push(
+                format!("{path}.token_url"),
+                "is required with client_id / client_secret_env",
+            );
+            String::new()
+        }
+    };
+    let client_id = match raw.client_id {
+        Some(id) if !id.is_empty() => id,
+        Some(_) => {
+            errs.push(format!("{path}.client_id"), "must not be empty");
+            String::new()
+        }
+        None => {
+            errs.push(format!("{path}.client_id"), "is required with token_url");
+            String::new()
+        }
+    };
+    if raw.scope.as_deref() == Some("") {
+        errs.push(format!("{path}.scope"), "must not be empty (leave it out)");
+    }
+    let secret = match raw.client_secret_env {
+        Some(env) => {
+            env_secret(&env, &format!("{path}.client_secret_env"), errs).map(|secret| (env, secret))
+        }
+        None => {
+            errs.push(
+                format!("{path}.client_secret_env"),
+                "is required with token_url",
+            );
+            None
+        }
+    };
+    let (env, client_secret) = secret?;
+    (errs.0.len() == before).then(|| UpstreamAuth::ClientCredentials {
+        credential: crate::clients::oauth::Credential::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope: raw.scope,
+        },
+        env,
+    })
 }
 
 fn format_addr(host: &str, port: u16) -> String {

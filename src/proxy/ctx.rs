@@ -28,6 +28,9 @@ pub struct RequestCtx {
     pub streamed_body_bytes: u64,
     /// Upstream address attempts (bounded retries on connect failure).
     pub attempts: usize,
+    /// The `Authorization` value of the upstream's client_credentials token,
+    /// obtained after admission (never logged).
+    pub brokered_authorization: Option<String>,
     pub upstream_started: Option<Instant>,
     /// When the whole body must be in (`server.body_timeout_ms` after the
     /// end of the head, which is when the context is made).
@@ -54,6 +57,7 @@ impl RequestCtx {
             inspected_body_len: None,
             streamed_body_bytes: 0,
             attempts: 0,
+            brokered_authorization: None,
             upstream_started: None,
             body_deadline: tokio::time::Instant::now(),
             in_flight: None,

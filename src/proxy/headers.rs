@@ -77,6 +77,9 @@ pub struct Forwarding<'a> {
     pub client_ip_header: ClientIpHeader,
     /// Headers pinned to token claims (`pin_headers`): set last, always.
     pub pinned: &'a [(HeaderName, String)],
+    /// The upstream's client_credentials token as an `Authorization` value,
+    /// obtained before connecting (`auth = { token_url, ... }`).
+    pub brokered_authorization: Option<&'a str>,
     /// `http` or `https`, from the listener.
     pub proto: &'static str,
 }
@@ -164,6 +167,23 @@ pub fn prepare(
                 })?;
                 v.set_sensitive(true);
                 upstream.insert_header(name.clone(), v)?;
+            }
+            Some(UpstreamAuth::ClientCredentials { .. }) => {
+                // Obtained in request_filter; never go upstream without it.
+                let value = f.brokered_authorization.ok_or_else(|| {
+                    pingora_error::Error::explain(
+                        pingora_error::ErrorType::InternalError,
+                        "no client_credentials token for the upstream",
+                    )
+                })?;
+                let mut v = HeaderValue::from_str(value).map_err(|_| {
+                    pingora_error::Error::explain(
+                        pingora_error::ErrorType::InternalError,
+                        "the upstream's client_credentials token is not a valid header value",
+                    )
+                })?;
+                v.set_sensitive(true);
+                upstream.insert_header(http::header::AUTHORIZATION, v)?;
             }
             None => {}
         }

@@ -9,6 +9,7 @@
 //!                          3. client IP, route ip_allow / ip_deny             (policy::client_ip, policy::ip)
 //!                          4. bearer token → verified claims                   (auth)
 //!                          6. entitlements require_all / require_any          (policy::entitlements)
+//!                          8. the upstream's client_credentials token, if any (clients::oauth)
 //! upstream_peer            8. the route's upstream, timeouts from the config
 //! upstream_request_filter  8. header hygiene and identity headers              (proxy::headers)
 //! response_filter             X-Request-Id on every response
@@ -141,6 +142,43 @@ impl Gateway {
     }
 }
 
+/// Step 8, before connecting: on a route that strips the caller's token,
+/// an upstream with `auth = { token_url, ... }` gets the gateway's own
+/// client_credentials token (cached, renewed before it expires). Without it
+/// the request does not go upstream at all.
+async fn brokered_credential(
+    ctx: &mut RequestCtx,
+    state: &GatewayState,
+) -> Result<(), GatewayError> {
+    let Some(route) = ctx.progress.route.and_then(|r| state.config.routes.get(r)) else {
+        return Ok(());
+    };
+    if !route.strip_authorization {
+        return Ok(());
+    }
+    let Some(source) = state.upstream_token(route.upstream) else {
+        return Ok(());
+    };
+    match source.header(&state.token_http, false).await {
+        // A token that cannot travel in a header is no credential.
+        Ok(Some(value)) if http::HeaderValue::from_str(&value).is_ok() => {
+            ctx.brokered_authorization = Some(value);
+            Ok(())
+        }
+        Ok(_) => Err(GatewayError::UpstreamCredentialUnavailable),
+        Err(reason) => {
+            static FAILED: LogThrottle = LogThrottle::new(Duration::from_secs(5));
+            crate::warn_throttled!(
+                FAILED,
+                upstream = %state.config.upstreams[route.upstream].name,
+                reason = %reason,
+                "cannot obtain the upstream's client_credentials token"
+            );
+            Err(GatewayError::UpstreamCredentialUnavailable)
+        }
+    }
+}
+
 async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
     if matches!(
         req.method,
@@ -260,7 +298,11 @@ impl ProxyHttp for Gateway {
         ctx.peer_trusted = ctx
             .peer
             .is_some_and(|p| state.config.server.trusted_proxies.contains(p));
-        let verdict = self.admit(session, ctx, &state).await;
+        let mut verdict = self.admit(session, ctx, &state).await;
+        if verdict.is_ok() {
+            // The gateway's own upstream credential, before anything is sent.
+            verdict = brokered_credential(ctx, &state).await;
+        }
         ctx.state = Some(state.clone());
         let policy = ctx
             .progress
@@ -373,6 +415,7 @@ impl ProxyHttp for Gateway {
             trusted_proxies: &state.config.server.trusted_proxies,
             client_ip_header: state.config.server.client_ip_header,
             pinned: &ctx.progress.pinned,
+            brokered_authorization: ctx.brokered_authorization.as_deref(),
             proto: if state.config.server.tls.is_some() {
                 "https"
             } else {
@@ -447,6 +490,22 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<()> {
+        // The upstream refused the gateway's own token: forget it so the
+        // next request obtains a new one. This request is not retried (its
+        // body may already be gone); the caller gets the upstream's 401.
+        if upstream_response.status == http::StatusCode::UNAUTHORIZED {
+            if let Some(sent) = &ctx.brokered_authorization {
+                if let Some(source) = ctx
+                    .state
+                    .as_ref()
+                    .zip(ctx.progress.route)
+                    .and_then(|(s, r)| s.upstream_token(s.config.routes[r].upstream))
+                {
+                    source.discard(sent).await;
+                    tracing::info!("upstream refused the gateway's client_credentials token; it is renewed on the next request");
+                }
+            }
+        }
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }

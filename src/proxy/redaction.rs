@@ -86,6 +86,8 @@ pub struct Admitted {
     body_len: Option<usize>,
     /// The caller asked `HEAD`: the subrequest asks `GET`.
     as_get: bool,
+    /// The gateway's client_credentials token for the upstream, if any.
+    brokered_authorization: Option<String>,
 }
 
 /// How the buffered path ended when it did not write a complete answer.
@@ -115,6 +117,7 @@ pub fn adopt(session: &mut Session, ctx: &mut RequestCtx) -> bool {
     ctx.peer = admitted.peer;
     ctx.peer_trusted = admitted.peer_trusted;
     ctx.inspected_body_len = admitted.body_len;
+    ctx.brokered_authorization = admitted.brokered_authorization.take();
     let as_get = admitted.as_get;
     let body_len = admitted.body_len;
     let req = session.req_header_mut();
@@ -157,6 +160,7 @@ pub async fn forward(
         peer_trusted: ctx.peer_trusted,
         body_len: body.as_ref().map(Bytes::len),
         as_get: is_head,
+        brokered_authorization: ctx.brokered_authorization.clone(),
     };
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Err(Failure::Refuse(GatewayError::Internal));

@@ -3,18 +3,31 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::Verifier;
-use crate::clients::oauth::TokenSource;
+use crate::clients::oauth::{Credential, TokenSource};
 use crate::clients::{ClientDirectory, HttpSource, Source};
-use crate::config::model::{ClientSourceConfig, ClientsConfig};
+use crate::config::model::{ClientSourceConfig, ClientsConfig, UpstreamAuth};
 use crate::config::Config;
+
+/// Bound on one request to a token endpoint for an upstream's credential.
+pub const TOKEN_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct GatewayState {
     pub config: Arc<Config>,
     pub verifier: Arc<Verifier>,
     /// Client metadata, when `[clients]` is configured.
     pub clients: Option<Arc<ClientDirectory>>,
+    /// Per upstream (same index as `config.upstreams`): the token source of
+    /// an `auth = { token_url, ... }` credential.
+    upstream_tokens: Vec<Option<Arc<TokenSource>>>,
+    /// Every client_credentials token source, one per credential: the
+    /// metadata source and upstreams with the same `token_url`, client and
+    /// `scope` share one token.
+    token_sources: TokenSources,
+    /// HTTP client for the upstreams' token endpoints.
+    pub token_http: reqwest::Client,
     /// Round-robin cursor per upstream (same index as `config.upstreams`).
     cursors: Vec<AtomicUsize>,
     /// Upstream addresses, parsed once: IP literals need no per-request work.
@@ -44,7 +57,7 @@ impl GatewayState {
                 clients = old.clients.clone();
             }
         }
-        GatewayState::with_clients(config, Arc::new(verifier), clients)
+        GatewayState::assemble(config, Arc::new(verifier), clients, previous)
     }
 
     pub fn new(config: Arc<Config>, verifier: Arc<Verifier>) -> GatewayState {
@@ -58,12 +71,61 @@ impl GatewayState {
         verifier: Arc<Verifier>,
         clients: Option<Arc<ClientDirectory>>,
     ) -> GatewayState {
+        GatewayState::assemble(config, verifier, clients, None)
+    }
+
+    /// Token sources of the `previous` state whose credential is unchanged
+    /// carry over with their cached token.
+    fn assemble(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        clients: Option<Arc<ClientDirectory>>,
+        previous: Option<&GatewayState>,
+    ) -> GatewayState {
         let cursors = config
             .upstreams
             .iter()
             .map(|_| AtomicUsize::new(0))
             .collect();
-        let clients = clients.or_else(|| config.clients.as_ref().map(|c| Arc::new(directory(c))));
+        let mut token_sources = TokenSources {
+            used: Vec::new(),
+            previous: previous.map_or_else(Vec::new, |old| old.token_sources.used.clone()),
+        };
+        let clients = match clients {
+            Some(kept) => {
+                // A kept directory keeps its source: register it (it is
+                // the previous state's) so an upstream can share it.
+                if let Some(ClientsConfig {
+                    source: ClientSourceConfig::Http { credential, .. },
+                    ..
+                }) = &config.clients
+                {
+                    token_sources.get(credential);
+                }
+                Some(kept)
+            }
+            None => config
+                .clients
+                .as_ref()
+                .map(|c| Arc::new(directory(c, &mut token_sources))),
+        };
+        let upstream_tokens = config
+            .upstreams
+            .iter()
+            .map(|u| match &u.auth {
+                Some(UpstreamAuth::ClientCredentials { credential, .. }) => {
+                    Some(token_sources.get(credential))
+                }
+                _ => None,
+            })
+            .collect();
+        token_sources.previous.clear();
+        let token_http = reqwest::Client::builder()
+            .timeout(TOKEN_ENDPOINT_TIMEOUT)
+            .connect_timeout(TOKEN_ENDPOINT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         let addresses = config
             .upstreams
             .iter()
@@ -81,9 +143,18 @@ impl GatewayState {
             config,
             verifier,
             clients,
+            upstream_tokens,
+            token_sources,
+            token_http,
             cursors,
             addresses,
         }
+    }
+
+    /// The client_credentials token source of upstream `index`, if its
+    /// `auth` is one.
+    pub fn upstream_token(&self, index: usize) -> Option<&Arc<TokenSource>> {
+        self.upstream_tokens.get(index)?.as_ref()
     }
 
     /// Next address of upstream `index`, round-robin.
@@ -98,8 +169,35 @@ impl GatewayState {
     }
 }
 
-/// Build the client directory for `[clients]`.
-pub fn directory(config: &ClientsConfig) -> ClientDirectory {
+/// The client_credentials token sources of one state, one per credential.
+struct TokenSources {
+    /// Those this state uses.
+    used: Vec<Arc<TokenSource>>,
+    /// Those of the state it replaces (while building only).
+    previous: Vec<Arc<TokenSource>>,
+}
+
+impl TokenSources {
+    /// The source of `credential`: one this state already uses, else the
+    /// previous state's (with its cached token), else a new one.
+    fn get(&mut self, credential: &Credential) -> Arc<TokenSource> {
+        if let Some(found) = self.used.iter().find(|s| s.credential() == credential) {
+            return Arc::clone(found);
+        }
+        let source = self
+            .previous
+            .iter()
+            .find(|s| s.credential() == credential)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(TokenSource::new(credential.clone())));
+        self.used.push(Arc::clone(&source));
+        source
+    }
+}
+
+/// Build the client directory for `[clients]`; its credential comes from
+/// (or joins) `sources`.
+fn directory(config: &ClientsConfig, sources: &mut TokenSources) -> ClientDirectory {
     let source = match &config.source {
         ClientSourceConfig::Static(list) => Source::Static(
             list.iter()
@@ -116,7 +214,7 @@ pub fn directory(config: &ClientsConfig) -> ClientDirectory {
             response_pointer: response_pointer.clone(),
             fields: fields.clone(),
             timeout: config.timeout,
-            auth: TokenSource::new(credential.clone()),
+            auth: sources.get(credential),
             http: reqwest::Client::builder()
                 .timeout(config.timeout)
                 .redirect(reqwest::redirect::Policy::none())
