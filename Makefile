@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test lint demo build release clean bench-load fuzz
+.PHONY: deps test-deps test lint demo build release clean bench-load fuzz soak
 
 # System packages the build needs. Idempotent: installs only what is missing.
 deps:
@@ -68,3 +68,11 @@ fuzz: deps
 		cargo +nightly fuzz run $$t fuzz/corpus-run/$$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
 	done
+
+# Soak: the release gateway under mixed traffic (valid, forged, slow, oversized,
+# abandoned) while its upstream restarts, its JWKS and client-metadata servers go down
+# and its config is reloaded every 5 s; loopback only, bounded, not part of `make test`.
+# 10 minutes by default; a quick trial: SOAK_SECONDS=60 make soak (README "Soak").
+soak: deps
+	$(CARGO) build --release
+	python3 scripts/soak.py

@@ -15,6 +15,12 @@ use moka::ops::compute::{CompResult, Op};
 
 use super::meta::ids_equal;
 use super::source::{HttpSource, Lookup, Source};
+use crate::edge::throttle::LogThrottle;
+
+/// While a source is down every request may hit it: one warning per
+/// interval (with the count of those suppressed), the rest in the metrics.
+static FAILURE_WARNINGS: LogThrottle = LogThrottle::new(Duration::from_secs(5));
+static REFUSED_WARNINGS: LogThrottle = LogThrottle::new(Duration::from_secs(5));
 
 /// Cache lifetimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +172,12 @@ impl ClientDirectory {
                         // it can never be served stale in the answer's place.
                         Ok(lookup) if lookup.refusal().is_some() => {
                             let reason = lookup.refusal().unwrap_or_default();
-                            tracing::warn!(client_id, reason, "client metadata answer refused");
+                            crate::warn_throttled!(
+                                REFUSED_WARNINGS,
+                                client_id,
+                                reason,
+                                "client metadata answer refused"
+                            );
                             *refused = Some(lookup);
                             Ok(if current.is_some() {
                                 Op::Remove
@@ -181,7 +192,12 @@ impl ClientDirectory {
                         Err(reason) => {
                             if shared_failure_is_new(&self.failures, client_id, arrival).await {
                                 self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(client_id, %reason, "client metadata load failed");
+                                crate::warn_throttled!(
+                                    FAILURE_WARNINGS,
+                                    client_id,
+                                    %reason,
+                                    "client metadata load failed"
+                                );
                                 self.failures
                                     .insert(client_id.to_string(), (Instant::now(), reason.clone()))
                                     .await;
