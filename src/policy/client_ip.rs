@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 
 use super::ip::{canonical, IpList};
+use crate::routing::target::trim_ows;
 
 /// The one header a trusted proxy's client address is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,7 +107,7 @@ fn walk(
 fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
     element.split(|b| *b == b';').find_map(|pair| {
         let eq = pair.iter().position(|b| *b == b'=')?;
-        let (key, value) = (trim(&pair[..eq]), &pair[eq + 1..]);
+        let (key, value) = (trim_ows(&pair[..eq]), &pair[eq + 1..]);
         key.eq_ignore_ascii_case(b"for").then_some(value)
     })
 }
@@ -114,7 +115,7 @@ fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
 /// One hop: `1.2.3.4`, `1.2.3.4:5678`, `"[2001:db8::1]:80"`, `2001:db8::1`.
 /// Anything else (obfuscated identifiers, `unknown`, non-ASCII bytes) is None.
 fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
-    let mut t = trim(raw);
+    let mut t = trim_ows(raw);
     if let [b'"', inner @ .., b'"'] = t {
         t = inner;
     }
@@ -132,17 +133,6 @@ fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
     let (host, port) = t.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
-}
-
-/// Strip optional whitespace (RFC 9110 OWS) around a list element.
-fn trim(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
 }
 
 #[cfg(test)]

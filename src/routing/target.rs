@@ -623,7 +623,9 @@ fn parse_content_length(value: &[u8]) -> Result<u64, GatewayError> {
     }))
 }
 
-fn trim_ows(mut v: &[u8]) -> &[u8] {
+/// Strip optional whitespace (RFC 9110 OWS: spaces and tabs) around a value
+/// or list element.
+pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
     }
