@@ -203,9 +203,8 @@ auth = "none"
                 shown(&target),
                 resp.describe()
             );
-            let parser_refusal = pingora_refuses(&target) && resp.status == 400;
             prop_assert!(
-                resp.error_code().is_some() || parser_refusal,
+                resp.error_code().is_some(),
                 "{} refused without a JSON error: {}",
                 shown(&target),
                 resp.describe()
@@ -233,15 +232,6 @@ auth = "none"
         refused >= 20,
         "only {refused} generated targets were refused"
     );
-}
-
-/// Targets that pingora's own HTTP/1 parser refuses with a bare 400 before
-/// the gateway sees them: raw bytes outside ASCII, and absolute-form (whose
-/// authority differs from `Host`). Until those refusals get the gateway's
-/// JSON body (issue 13, "one answer shape") the property accepts them as
-/// refusals without one; the upstream must still see nothing.
-fn pingora_refuses(target: &[u8]) -> bool {
-    target.iter().any(|b| !b.is_ascii()) || target.starts_with(b"http://")
 }
 
 // === (b) normalisation never changes an accepted path ===

@@ -18,13 +18,15 @@
 //! get the gateway's JSON answer from the one responder; idle and vanished
 //! clients are closed with at most a debug line.
 
+pub mod admission;
 pub mod answer;
+pub mod fd_budget;
 pub mod head;
 pub mod limits;
 pub mod throttle;
 pub mod tls;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,9 +51,8 @@ use crate::proxy::state::GatewayState;
 use crate::proxy::Gateway;
 use crate::routing::target::RequestLimits;
 use crate::shutdown::{DrainGrace, FRESH_CONNECTION_GRACE};
+use admission::Admission;
 use head::HeadEnd;
-use limits::ConnectionLimits;
-use throttle::LogThrottle;
 
 /// Log targets of pingora that write a line per client mishap (a hang-up
 /// while the response is sent, a body longer than declared, a hang-up on the
@@ -63,16 +64,13 @@ pub const QUIET_PINGORA_TARGETS: &[&str] = &[
     "pingora_core::apps::http_app=off",
 ];
 
-/// Connections refused by a cap: one warning per interval at most.
-static CAP_WARNINGS: LogThrottle = LogThrottle::new(Duration::from_secs(10));
-
 /// The proxy listeners' application: the edge around pingora's proxy.
 pub struct EdgeApp {
     proxy: Arc<HttpProxy<Gateway>>,
     state: Arc<ArcSwap<GatewayState>>,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
-    limits: Arc<ConnectionLimits>,
+    admission: Arc<Admission>,
     tls: Option<Acceptor>,
 }
 
@@ -87,12 +85,14 @@ pub fn service(
     audit: Arc<AuditLog>,
 ) -> Result<Service<DrainGrace<EdgeApp>>, String> {
     let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+    log_fd_budget(config);
+    let admission = Admission::new(state.clone(), metrics.clone());
     let app = EdgeApp {
         proxy: Arc::new(pingora_proxy::http_proxy(conf, gateway)),
         state,
         metrics,
         audit,
-        limits: ConnectionLimits::new(),
+        admission: admission.clone(),
         tls,
     };
     // Pingora's cleanup of the app runs after the fresh-connection grace
@@ -104,13 +104,35 @@ pub fn service(
     for addr in &config.server.listen {
         service.add_tcp(addr);
     }
+    // The caps run in pingora's accept loop (see `admission`).
+    service.set_connection_filter(admission);
     Ok(service)
 }
 
-fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+/// Raise the file limit and say what it allows, loudly when the configured
+/// `max_connections` does not fit in it.
+fn log_fd_budget(config: &Config) {
+    let Some(limit) = fd_budget::raise_and_measure() else {
+        return;
+    };
+    let budget = fd_budget::max_connections();
+    if config.server.max_connections > budget {
+        tracing::warn!(
+            soft_limit = limit.soft,
+            hard_limit = limit.hard,
+            max_connections = config.server.max_connections,
+            effective = budget,
+            "server.max_connections is above what the file limit allows; \
+             capping client connections at the effective value (raise LimitNOFILE)"
+        );
+    } else {
+        tracing::debug!(soft_limit = limit.soft, budget, "file limit");
+    }
+}
+
+fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
     let digest = stream.get_socket_digest()?;
-    let addr = digest.peer_addr()?.as_inet()?.ip();
-    Some(canonical(addr))
+    digest.peer_addr()?.as_inet().copied()
 }
 
 #[async_trait]
@@ -120,27 +142,12 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer_addr = peer_addr(&stream);
+        let peer = peer_addr.map(|a| canonical(a.ip()));
+        // Dropping the stream closes it, unread.
+        let _slot = self.admission.claim(peer_addr)?;
         let state = self.state.load_full();
         let server = &state.config.server;
-        let peer = peer_ip(&stream);
-        let counted = peer.filter(|ip| !server.trusted_proxies.contains(*ip));
-        let _slot = match self.limits.admit(
-            counted,
-            server.max_connections,
-            server.max_connections_per_ip,
-        ) {
-            Ok(slot) => slot,
-            Err(cap) => {
-                self.metrics.connection_refused(cap.label());
-                crate::warn_throttled!(
-                    CAP_WARNINGS,
-                    cap = cap.label(),
-                    "connection refused: over a connection cap"
-                );
-                // Dropping the stream closes it; nothing was read.
-                return None;
-            }
-        };
         let _open = self.metrics.connection_opened();
         let handshake_limit = server.header_timeout;
         drop(state);
