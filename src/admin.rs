@@ -198,8 +198,15 @@ impl AdminApp {
                 "no [clients] configured",
             );
         };
+        // With [cluster], every replica evicts the same (crate::cluster::sync).
+        let share = |client: Option<&str>| {
+            if let Some(cluster) = state.quotas.cluster() {
+                crate::cluster::sync::publish_invalidation(cluster, client, false);
+            }
+        };
         if path == "/admin/clients/invalidate-all" {
             dir.invalidate_all();
+            share(None);
             return json(StatusCode::OK, serde_json::json!({"invalidated": "all"}));
         }
         let id = path
@@ -213,6 +220,7 @@ impl AdminApp {
                     .map(|c| c.into_owned())
                     .unwrap_or_else(|_| raw.to_string());
                 let n = dir.invalidate(&id, false).await;
+                share(Some(&id));
                 json(StatusCode::OK, serde_json::json!({"invalidated": n}))
             }
             None => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),

@@ -119,8 +119,28 @@ pub enum GatewayError {
     /// upstream (503): the request is not sent without it.
     #[error("the gateway's credential for the upstream is unavailable")]
     UpstreamCredentialUnavailable,
+
+    // --- quotas (after every head check, before the body) ---
+    /// Over the route's quota (429, with `Retry-After` and the rate-limit headers).
+    #[error("rate limit exceeded; retry later")]
+    RateLimited(Box<RateLimitHeaders>),
+    /// `[cluster]` Redis could not decide and `on_redis_error = "deny"`.
+    #[error("the quota service is unavailable")]
+    QuotaUnavailable,
+
     #[error("internal error")]
     Internal,
+}
+
+/// The headers of a 429 (IETF HTTPAPI rate-limit-headers draft).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// `Retry-After`, whole seconds.
+    pub retry_after: u64,
+    /// `RateLimit-Policy`
+    pub policy: String,
+    /// `RateLimit`
+    pub state: String,
 }
 
 /// Why a body rule refused an update: which rule, where in the document,
@@ -270,6 +290,8 @@ impl GatewayError {
             UpstreamTimeout => 504,
             ResponseNotRedactable(_) => 502,
             UpstreamCredentialUnavailable => 503,
+            RateLimited(_) => 429,
+            QuotaUnavailable => 503,
             Internal => 500,
         }
     }
@@ -306,6 +328,8 @@ impl GatewayError {
             UpstreamTimeout => "upstream_timeout",
             ResponseNotRedactable(_) => "response_not_redactable",
             UpstreamCredentialUnavailable => "upstream_credential_unavailable",
+            RateLimited(_) => "rate_limited",
+            QuotaUnavailable => "quota_unavailable",
             Internal => "internal_error",
         }
     }

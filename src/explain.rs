@@ -1000,7 +1000,7 @@ fn refusing_step(passed: &[(Step, String)], error: &GatewayError, phase: Phase) 
         Some(Step::Entitlements) if pin => Step::PinHeaders,
         Some(Step::Entitlements) => Step::DenySelf,
         Some(Step::DenySelf | Step::PinHeaders) => Step::PinHeaders,
-        Some(Step::Body) => Step::Body,
+        Some(Step::Quota | Step::Body) => Step::Body,
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod clients;
 pub mod config;
 pub mod demo;
@@ -22,6 +23,7 @@ pub mod mint;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod routing;
 pub mod server;

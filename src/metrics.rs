@@ -458,8 +458,12 @@ impl Metrics {
     /// directory first (`ClientDirectory::settle`) for an exact cache size.
     pub fn render(&self, state: &GatewayState) -> Vec<u8> {
         self.observe_state(state);
+        let mut families = self.registry.gather();
+        // Quota and cluster metrics live with the quotas (they outlive reloads).
+        families.extend(state.quotas.metrics.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(8192);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out

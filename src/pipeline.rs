@@ -49,6 +49,7 @@ pub enum Step {
     Entitlements,
     DenySelf,
     PinHeaders,
+    Quota,
     Body,
 }
 
@@ -63,6 +64,7 @@ impl Step {
             Step::Entitlements => "entitlements",
             Step::DenySelf => "deny_self",
             Step::PinHeaders => "pin_headers",
+            Step::Quota => "quota",
             Step::Body => "body",
         }
     }
@@ -261,6 +263,7 @@ pub async fn admit_head<T: Trace>(
 
     if route.auth == AuthMode::None {
         passed!(trace, Step::Token, "not required (auth = \"none\")");
+        trace_quota(state, route, progress, trace);
         return Ok(());
     }
     // 4. Token.
@@ -366,7 +369,29 @@ pub async fn admit_head<T: Trace>(
             route_guards::check_pins(&route.pin_headers, head.headers, &verified.claims)?;
         passed!(trace, Step::PinHeaders, "pinned headers match the token");
     }
+    trace_quota(state, route, progress, trace);
     Ok(())
+}
+
+/// Show the quota that applies. The proxy counts it after [`admit_head`]
+/// (`Quotas::check`); a trace only describes it, so `explain` spends none.
+fn trace_quota<T: Trace>(
+    state: &GatewayState,
+    route: &RouteConfig,
+    progress: &Progress,
+    trace: &mut T,
+) {
+    if !T::ENABLED {
+        return;
+    }
+    match route.quota {
+        Some(index) => {
+            if let Some(text) = state.quotas.describe(index, progress) {
+                trace.passed(Step::Quota, format_args!("{text}"));
+            }
+        }
+        None => trace.passed(Step::Quota, format_args!("none on this route")),
+    }
 }
 
 /// Whether the gateway reads the whole body of this request before it goes

@@ -170,6 +170,12 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
     admin.add_tcp(&config.admin.listen);
     server.add_service(admin);
     server.add_service(background_service(
+        "cluster invalidations",
+        crate::cluster::sync::ClusterSync {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "jwks refresh",
         KeyRefresh {
             state: state.clone(),

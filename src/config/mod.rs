@@ -3,6 +3,7 @@
 //! what the runtime uses). `portcullis check` runs exactly this.
 
 pub mod model;
+mod quotas;
 pub mod raw;
 pub mod validate;
 

@@ -46,6 +46,68 @@ pub struct Config {
     /// Each stands in the config as a random placeholder, so a config with
     /// any of them must never serve: see [`Config::ensure_servable`].
     pub unset_secrets: Vec<UnsetSecret>,
+    /// `[[quotas]]`; routes refer to them by index.
+    pub quotas: Vec<Arc<QuotaConfig>>,
+    /// `[cluster]`, when configured.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// What a quota counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKey {
+    /// The token's client id.
+    Client,
+    /// The token's `sub`.
+    Subject,
+    /// The client IP (after `trusted_proxies`).
+    Ip,
+}
+
+impl QuotaKey {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaKey::Client => "client",
+            QuotaKey::Subject => "subject",
+            QuotaKey::Ip => "ip",
+        }
+    }
+}
+
+/// A rate and a burst: GCRA's emission interval and tolerance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaLimit {
+    pub rate_per_second: f64,
+    pub burst: u32,
+}
+
+/// `[[quotas]]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaConfig {
+    pub name: String,
+    pub key: QuotaKey,
+    pub limit: QuotaLimit,
+    /// Per key value (a client id, subject or IP as text).
+    pub overrides: std::collections::HashMap<String, QuotaLimit>,
+}
+
+/// What happens to a quota decision when Redis cannot make it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Count in-process (each replica admits its own full quota).
+    Local,
+    /// 503 `quota_unavailable`.
+    Deny,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    pub password_env: Option<String>,
+    pub password: Option<Secret>,
+    pub key_prefix: String,
+    pub on_redis_error: OnRedisError,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +371,8 @@ pub struct RouteConfig {
     pub body: Option<BodyPolicy>,
     /// `[routes.response]`, compiled.
     pub response: Option<ResponsePolicy>,
+    /// Index into `Config::quotas`.
+    pub quota: Option<usize>,
 }
 
 impl Config {

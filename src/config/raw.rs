@@ -21,6 +21,57 @@ pub struct RawConfig {
     pub catalogs: std::collections::BTreeMap<String, RawCatalog>,
     pub clients: Option<RawClients>,
     pub log: Option<RawLog>,
+    #[serde(default)]
+    pub quotas: Vec<RawQuota>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// A number written as a TOML integer or float (`rate_per_second = 50` or `0.5`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
+impl RawNumber {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            RawNumber::Int(i) => i as f64,
+            RawNumber::Float(f) => f,
+        }
+    }
+}
+
+/// `[[quotas]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub name: String,
+    pub key: Option<String>,
+    pub rate_per_second: RawNumber,
+    pub burst: Option<i64>,
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, RawQuotaLimit>,
+}
+
+/// One entry of a quota's `overrides`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotaLimit {
+    pub rate_per_second: RawNumber,
+    pub burst: Option<i64>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis_url: String,
+    pub redis_password_env: Option<String>,
+    pub key_prefix: Option<String>,
+    pub on_redis_error: Option<String>,
+    pub timeout_ms: Option<i64>,
 }
 
 /// `[log]`
@@ -200,6 +251,7 @@ pub struct RawRoute {
     pub pin_headers: Option<std::collections::BTreeMap<String, String>>,
     pub body: Option<RawBody>,
     pub response: Option<RawResponse>,
+    pub quota: Option<String>,
 }
 
 /// `[routes.response]`: what leaves the gateway.

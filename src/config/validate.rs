@@ -34,14 +34,20 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "catalogs",
     "clients",
     "log",
+    "quotas",
+    "cluster",
 ];
 
 /// Where errors accumulate while validating; secrets whose environment
 /// variable is missing go to the second list (see [`env_secret`]).
-struct Errors(Vec<ConfigError>, Vec<UnsetSecret>);
+pub(super) struct Errors(Vec<ConfigError>, Vec<UnsetSecret>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
@@ -86,6 +92,8 @@ pub fn validate(text: &str, origin: &Path, mode: EnvMode) -> Result<Loaded, Vec<
         section(&table, "catalogs", &mut errs).unwrap_or_default();
     let raw_clients: Option<RawClients> = section(&table, "clients", &mut errs);
     let raw_log: RawLog = section(&table, "log", &mut errs).unwrap_or_default();
+    let raw_quotas: Vec<Option<RawQuota>> = array(&table, "quotas", &mut errs);
+    let raw_cluster: Option<RawCluster> = section(&table, "cluster", &mut errs);
     let log = log_settings(raw_log, &base_dir, &mut errs);
 
     let server = server_settings(raw_server, &base_dir, &mut errs);
@@ -114,6 +122,8 @@ pub fn validate(text: &str, origin: &Path, mode: EnvMode) -> Result<Loaded, Vec<
         issuer_names.insert(name, valid);
     }
 
+    let (quotas, quota_names) = super::quotas::quotas(raw_quotas, &mut errs);
+    let cluster = raw_cluster.and_then(|raw| super::quotas::cluster(raw, &mut errs));
     let catalogs = catalogs(raw_catalogs, &base_dir, &mut errs);
     let clients = raw_clients.and_then(|raw| clients_config(raw, &mut errs));
 
@@ -157,6 +167,8 @@ pub fn validate(text: &str, origin: &Path, mode: EnvMode) -> Result<Loaded, Vec<
             upstreams: &upstream_names,
             upstream_configs: &upstreams,
             catalogs: &catalogs,
+            quotas: &quota_names,
+            quota_configs: &quotas,
             max_body_bytes: server.max_body_bytes,
         };
         if let Some(route) = route_config(raw, &path, &ctx, &mut errs) {
@@ -224,6 +236,8 @@ pub fn validate(text: &str, origin: &Path, mode: EnvMode) -> Result<Loaded, Vec<
             log,
             hash: config_hash(text),
             unset_secrets,
+            quotas,
+            cluster,
         },
         warnings,
     })
@@ -1364,6 +1378,8 @@ struct RouteContext<'a> {
     upstreams: &'a HashMap<String, Option<usize>>,
     upstream_configs: &'a [Arc<UpstreamConfig>],
     catalogs: &'a HashMap<String, CatalogRef>,
+    quotas: &'a HashMap<String, Option<usize>>,
+    quota_configs: &'a [Arc<QuotaConfig>],
     max_body_bytes: u64,
 }
 
@@ -1561,6 +1577,23 @@ fn route_config(
         .ip_deny
         .as_ref()
         .and_then(|l| ip_list(l, &format!("{path}.ip_deny"), errs));
+    let quota = raw.quota.as_deref().and_then(|name| {
+        let key = format!("{path}.quota");
+        let index = lookup_name(name, ctx.quotas, "quota", &key, errs)?;
+        let q = &ctx.quota_configs[index];
+        if auth == AuthMode::None && q.key != QuotaKey::Ip {
+            errs.push(
+                key,
+                format!(
+                    "quota {:?} counts by {}, which an auth = \"none\" route does not know; use a quota with key = \"ip\"",
+                    q.name,
+                    q.key.name()
+                ),
+            );
+            return None;
+        }
+        Some(index)
+    });
     let read_timeout = match (raw.read_timeout_ms, upstream) {
         (Some(ms), _) => millis(Some(ms), 0, &format!("{path}.read_timeout_ms"), errs),
         (None, Some(u)) => ctx.upstream_configs[u].read_timeout,
@@ -1588,6 +1621,7 @@ fn route_config(
         pin_headers,
         body,
         response,
+        quota,
     })
 }
 
@@ -1814,7 +1848,7 @@ fn check_url(url: &str, path: &str, errs: &mut Errors) -> Option<reqwest::Url> {
 /// set: the key's section is built, and nothing that refers to it is
 /// reported as invalid because of the environment. The return type stays an
 /// `Option` for callers that treat a secret as absent.
-fn env_secret(env: &str, path: &str, errs: &mut Errors) -> Option<Secret> {
+pub(super) fn env_secret(env: &str, path: &str, errs: &mut Errors) -> Option<Secret> {
     let empty = match std::env::var_os(env) {
         Some(v) if !v.is_empty() => return Some(Secret(v.into_encoded_bytes())),
         Some(_) => true,

@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub subrequest: bool,
     /// Members removed from the answer (`[routes.response] redact`).
     pub redacted: usize,
+    /// The quota's verdict on an admitted request (its headers go on the answer).
+    pub rate_limit: Option<crate::quota::Verdict>,
 }
 
 impl RequestCtx {
@@ -63,6 +65,7 @@ impl RequestCtx {
             in_flight: None,
             subrequest: false,
             redacted: 0,
+            rate_limit: None,
         }
     }
 }

@@ -104,6 +104,21 @@ impl Gateway {
         };
         pipeline::admit_head(state, &head, now, &mut ctx.progress, &mut NoTrace).await?;
 
+        // Quota: after every head check (a refused request spends none),
+        // before any body byte is read.
+        if let Some((index, route)) = ctx
+            .progress
+            .route
+            .and_then(|r| state.config.routes.get(r))
+            .and_then(|r| r.quota.map(|q| (q, r)))
+        {
+            let verdict = state
+                .quotas
+                .check(index, &route.name, &ctx.progress)
+                .await?;
+            ctx.rate_limit = Some(verdict);
+        }
+
         // 7b. The body policy (or a form body's check): read the whole body
         //     (bounded) before anything goes upstream, then check it.
         let content_type = req
@@ -205,6 +220,13 @@ async fn invalidate_after_write(req: &RequestHeader, ctx: &RequestCtx) {
             .invalidate(&name, route.ids_case_insensitive)
             .await;
         tracing::debug!(client = %name, evicted, "client metadata invalidated after write");
+        if let Some(cluster) = state.quotas.cluster() {
+            crate::cluster::sync::publish_invalidation(
+                cluster,
+                Some(&name),
+                route.ids_case_insensitive,
+            );
+        }
     }
 }
 
@@ -507,6 +529,11 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        // The caller's quota, not whatever the upstream says about its own.
+        if let Some(verdict) = &ctx.rate_limit {
+            upstream_response.insert_header("ratelimit-policy", verdict.policy.as_str())?;
+            upstream_response.insert_header("ratelimit", verdict.state.as_str())?;
+        }
         Ok(())
     }
 

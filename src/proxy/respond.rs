@@ -36,6 +36,11 @@ pub fn render(
     if let GatewayError::MethodNotAllowed { allow } = err {
         resp.insert_header("allow", allow.as_str())?;
     }
+    if let GatewayError::RateLimited(limit) = err {
+        resp.insert_header("retry-after", limit.retry_after.to_string())?;
+        resp.insert_header("ratelimit-policy", limit.policy.as_str())?;
+        resp.insert_header("ratelimit", limit.state.as_str())?;
+    }
     Ok((resp, body))
 }
 

@@ -10,6 +10,7 @@ use crate::clients::oauth::{Credential, TokenSource};
 use crate::clients::{ClientDirectory, HttpSource, Source};
 use crate::config::model::{ClientSourceConfig, ClientsConfig, UpstreamAuth};
 use crate::config::Config;
+use crate::quota::Quotas;
 
 /// Bound on one request to a token endpoint for an upstream's credential.
 pub const TOKEN_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +33,8 @@ pub struct GatewayState {
     cursors: Vec<AtomicUsize>,
     /// Upstream addresses, parsed once: IP literals need no per-request work.
     addresses: Vec<Vec<PeerAddress>>,
+    /// `[[quotas]]` with their counters, and the `[cluster]` link.
+    pub quotas: Arc<Quotas>,
 }
 
 /// One upstream address.
@@ -139,6 +142,7 @@ impl GatewayState {
                     .collect()
             })
             .collect();
+        let quotas = Arc::new(Quotas::build(&config, previous.map(|p| &*p.quotas)));
         GatewayState {
             config,
             verifier,
@@ -148,6 +152,7 @@ impl GatewayState {
             token_http,
             cursors,
             addresses,
+            quotas,
         }
     }
 
