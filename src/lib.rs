@@ -11,8 +11,8 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
-pub mod cluster;
 pub mod clients;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;

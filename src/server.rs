@@ -30,6 +30,8 @@ pub struct Assembled {
     pub reloader: Arc<Reloader>,
     /// The shutdown sequence; [`Assembled::signals`] drives it.
     pub drain: Arc<Drain>,
+    /// Closed once the server stopped, so its last lines are written.
+    pub audit: Arc<AuditLog>,
 }
 
 impl Assembled {
@@ -160,7 +162,7 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
         gateway,
         state.clone(),
         metrics.clone(),
-        audit,
+        audit.clone(),
     )?;
     server.add_service(Drainable::new(proxy, drain.clone()));
     let mut admin = Service::new(
@@ -188,6 +190,7 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
         metrics,
         reloader,
         drain,
+        audit,
     })
 }
 
@@ -247,6 +250,7 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
         server,
         state,
         reloader,
+        audit,
         ..
     } = assemble(config)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -255,7 +259,8 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
         .spawn(move || {
             server.run(RunArgs {
                 shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
-            })
+            });
+            audit.close();
         })
         .map_err(|e| format!("cannot start the server thread: {e}"))?;
     let handle = GatewayHandle {
@@ -295,6 +300,7 @@ pub fn run_forever(config: Config, upgrade: bool) -> Result<(), String> {
     let Assembled {
         mut server,
         reloader,
+        audit,
         ..
     } = assembled;
     server.add_service(background_service(
@@ -302,5 +308,6 @@ pub fn run_forever(config: Config, upgrade: bool) -> Result<(), String> {
         SignalReload { reloader },
     ));
     server.run(signals);
+    audit.close();
     Ok(())
 }

@@ -86,7 +86,9 @@ pub struct Verdict {
 
 impl Verdict {
     fn new(name: &str, limit: QuotaLimit, decision: Decision) -> Verdict {
-        let window = (f64::from(limit.burst) / limit.rate_per_second).ceil().max(1.0);
+        let window = (f64::from(limit.burst) / limit.rate_per_second)
+            .ceil()
+            .max(1.0);
         let mut policy = String::with_capacity(name.len() + 24);
         let _ = write!(policy, "\"{name}\";q={};w={window}", limit.burst);
         let mut state = String::with_capacity(name.len() + 24);
