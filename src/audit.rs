@@ -280,7 +280,10 @@ mod tests {
         assert!(text.lines().last().unwrap().contains("\"last\""));
         log.write(&record("after-close"));
         std::thread::sleep(WRITE_EVERY * 3);
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1001);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().lines().count(),
+            1001
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -4,7 +4,9 @@
 //! (which must pass `config::load_str`), the probes hit the admin listener, the
 //! alert rules and the dashboard name only metrics the gateway exports, the
 //! systemd unit is hardened, the Dockerfile builds in stages and runs as
-//! non-root.
+//! non-root. The config shares its quotas through `[cluster]`: the Redis of
+//! `redis.yaml` is the one `redis_url` names, with the password the gateway
+//! reads, and the binary's `check --require-env` accepts the mounted file.
 //!
 //! Where a tool is installed it checks its artefact too: `promtool` (rules,
 //! rule unit tests, dashboard queries, scrape config), `systemd-analyze`
@@ -38,6 +40,14 @@ const EXPORTED_METRICS: &[&str] = &[
     "portcullis_config_info",
     "portcullis_build_info",
     "portcullis_issuer_ready",
+    // Quotas and [cluster] (issue 16).
+    "portcullis_quota_decisions_total",
+    "portcullis_quota_fallbacks_total",
+    "portcullis_redis_duration_seconds",
+    "portcullis_redis_errors_total",
+    "portcullis_cluster_invalidations_total",
+    "portcullis_cluster_resubscriptions_total",
+    "portcullis_cluster_subscribed",
 ];
 
 /// The histograms among them: queried through their `_bucket`, `_sum` and
@@ -45,6 +55,7 @@ const EXPORTED_METRICS: &[&str] = &[
 const HISTOGRAMS: &[&str] = &[
     "portcullis_request_duration_seconds",
     "portcullis_upstream_duration_seconds",
+    "portcullis_redis_duration_seconds",
 ];
 
 /// The alerts operators were promised, with a metric each must be built on.
@@ -63,6 +74,19 @@ const REQUIRED_ALERTS: &[(&str, &str)] = &[
     (
         "PortcullisConfigReloadFailed",
         "portcullis_config_reloads_total",
+    ),
+    (
+        "PortcullisHighQuotaRejections",
+        "portcullis_quota_decisions_total",
+    ),
+    ("PortcullisRedisErrors", "portcullis_redis_errors_total"),
+    (
+        "PortcullisQuotaLocalFallback",
+        "portcullis_quota_fallbacks_total",
+    ),
+    (
+        "PortcullisInvalidationUnsubscribed",
+        "portcullis_cluster_subscribed",
     ),
 ];
 
@@ -91,6 +115,10 @@ const SYSTEMD_HARDENING: &[(&str, &str)] = &[
 /// How long pingora drains in-flight requests after SIGTERM by default
 /// (`[server] shutdown_timeout_seconds`).
 const DRAIN_SECONDS: u64 = 30;
+
+/// The names of the gateway's and Redis's Deployments (deployment.yaml, redis.yaml).
+const GATEWAY_DEPLOYMENT: &str = "portcullis";
+const REDIS_DEPLOYMENT: &str = "redis";
 
 /// Where the image puts `config/` (Dockerfile: `COPY config/ /etc/portcullis/`).
 const IMAGE_CONFIG_DIR: &str = "/etc/portcullis";
@@ -230,6 +258,38 @@ impl Manifests {
         assert_eq!(found.len(), 1, "expected exactly one {wanted} manifest");
         found[0]
     }
+
+    /// The manifest of this kind and name.
+    fn named(&self, wanted: &str, wanted_name: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .of_kind(wanted)
+            .into_iter()
+            .filter(|d| name(d) == wanted_name)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected exactly one {wanted} named {wanted_name:?}"
+        );
+        found[0]
+    }
+
+    /// The gateway's Deployment (redis.yaml has another).
+    fn gateway(&self) -> &Value {
+        self.named("Deployment", GATEWAY_DEPLOYMENT)
+    }
+}
+
+/// The pod labels of a Deployment.
+fn pod_labels(deployment: &Value) -> BTreeMap<String, String> {
+    string_map(at(deployment, &["spec", "template", "metadata", "labels"]))
+}
+
+/// The first container of a Deployment's pod.
+fn first_container(deployment: &Value) -> &Value {
+    seq_at(deployment, &["spec", "template", "spec", "containers"])
+        .first()
+        .unwrap_or_else(|| panic!("Deployment {} has no container", name(deployment)))
 }
 
 // === the cluster config ===
@@ -318,16 +378,22 @@ fn config_arg(container: &Value) -> String {
     args.get(i + 1).expect("a path after --config").to_string()
 }
 
-/// Load the ConfigMap's config as the pod does: in a copy of the image's
-/// `/etc/portcullis` (the repo's `config/`), with the ConfigMap mounted where
-/// the Deployment mounts it, and dummy values for the secrets it names.
-fn cluster_config(m: &Manifests) -> ClusterConfig {
+/// The ConfigMap's config file where the pod reads it: a copy of the image's
+/// `/etc/portcullis` (the repo's `config/`) with the ConfigMap's file written
+/// where the Deployment mounts it. The copy is removed on drop.
+struct MountedConfig {
+    _image_root: Scratch,
+    /// The file `--config` names, inside the copy.
+    path: PathBuf,
+    text: String,
+    configmap_name: String,
+    configmap_keys: BTreeSet<String>,
+}
+
+fn mounted_config(m: &Manifests) -> MountedConfig {
     let cm = m.one("ConfigMap");
     let data = string_map(at(cm, &["data"]));
-    let container = &seq_at(
-        m.one("Deployment"),
-        &["spec", "template", "spec", "containers"],
-    )[0];
+    let container = first_container(m.gateway());
     let config_path = config_arg(container);
     let (mount_dir, file_name) = config_path
         .rsplit_once('/')
@@ -342,25 +408,41 @@ fn cluster_config(m: &Manifests) -> ClusterConfig {
             panic!("the config is mounted at {mount_dir}, not under the image's {IMAGE_CONFIG_DIR}")
         });
 
-    let env_vars = referenced_env_vars(text);
-    for var in &env_vars {
-        // Edition 2021: set_var is safe. Every test sets the same dummy value.
-        std::env::set_var(var, DUMMY_SECRET);
-    }
-
     let image_root = Scratch::new("cm");
     copy_tree(&repo().join("config"), &image_root.0);
     let mount = image_root.0.join(relative_mount);
     std::fs::create_dir_all(&mount).expect("create the mount dir");
-    let origin = mount.join(file_name);
-    std::fs::write(&origin, text).expect("write the mounted config");
-    let loaded = portcullis::config::load_str(text, &origin)
-        .unwrap_or_else(|e| panic!("the ConfigMap's {file_name} does not load:\n{e}"));
+    let path = mount.join(file_name);
+    std::fs::write(&path, text).expect("write the mounted config");
+    MountedConfig {
+        _image_root: image_root,
+        path,
+        text: text.clone(),
+        configmap_name: name(cm).to_string(),
+        configmap_keys: data.keys().cloned().collect(),
+    }
+}
+
+/// Load the ConfigMap's config as the pod does ([`mounted_config`]), with
+/// dummy values for the secrets it names.
+fn cluster_config(m: &Manifests) -> ClusterConfig {
+    let mounted = mounted_config(m);
+    let env_vars = referenced_env_vars(&mounted.text);
+    for var in &env_vars {
+        // Edition 2021: set_var is safe. Every test sets the same dummy value.
+        std::env::set_var(var, DUMMY_SECRET);
+    }
+    let loaded = portcullis::config::load_str(&mounted.text, &mounted.path).unwrap_or_else(|e| {
+        panic!(
+            "the ConfigMap's {} does not load:\n{e}",
+            mounted.path.display()
+        )
+    });
     ClusterConfig {
         loaded,
         env_vars,
-        configmap_name: name(cm).to_string(),
-        configmap_keys: data.keys().cloned().collect(),
+        configmap_name: mounted.configmap_name,
+        configmap_keys: mounted.configmap_keys,
     }
 }
 
@@ -523,6 +605,7 @@ fn kubernetes_manifests_have_api_version_kind_and_name() {
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
         "Kustomization",
     ] {
         assert!(!m.of_kind(wanted).is_empty(), "no {wanted} manifest");
@@ -575,8 +658,8 @@ fn the_configmap_config_loads_and_listens_where_the_pod_expects() {
         "[admin] listen = {admin:?}: in a pod it must bind all interfaces"
     );
 
-    let deployment = m.one("Deployment");
-    let container = &seq_at(deployment, &["spec", "template", "spec", "containers"])[0];
+    let deployment = m.gateway();
+    let container = first_container(deployment);
     let ports = container_ports(container);
     let admin_port = port_of(admin);
     assert!(
@@ -642,7 +725,7 @@ fn deployment_probes_hit_the_admin_listener() {
     let m = Manifests::load();
     let cfg = cluster_config(&m);
     let admin_port = port_of(&cfg.loaded.config.admin.listen);
-    let deployment = m.one("Deployment");
+    let deployment = m.gateway();
     let pod = at(deployment, &["spec", "template"]).expect("pod template");
     let container = &seq_at(pod, &["spec", "containers"])[0];
     let ports = container_ports(container);
@@ -682,7 +765,7 @@ fn deployment_probes_hit_the_admin_listener() {
 #[test]
 fn deployment_is_replicated_locked_down_and_drains() {
     let m = Manifests::load();
-    let d = m.one("Deployment");
+    let d = m.gateway();
     assert_eq!(
         at(d, &["spec", "replicas"]).and_then(Value::as_u64),
         Some(3)
@@ -771,22 +854,34 @@ fn deployment_is_replicated_locked_down_and_drains() {
 #[test]
 fn services_pdb_and_hpa_target_the_deployment() {
     let m = Manifests::load();
-    let d = m.one("Deployment");
-    let labels = string_map(at(d, &["spec", "template", "metadata", "labels"]));
-    let container = &seq_at(d, &["spec", "template", "spec", "containers"])[0];
+    let d = m.gateway();
+    let labels = pod_labels(d);
+    let container = first_container(d);
     let ports = container_ports(container);
     let cfg = cluster_config(&m);
     let proxy_port = port_of(&cfg.loaded.config.server.listen[0]);
     let admin_port = port_of(&cfg.loaded.config.admin.listen);
 
+    // Every Service selects the pods of exactly one Deployment (the gateway's or
+    // Redis's); the gateway's Services carry its two ports.
+    let deployments = m.of_kind("Deployment");
     let mut service_ports = Vec::new();
     for svc in m.of_kind("Service") {
         let sel = string_map(at(svc, &["spec", "selector"]));
-        assert!(
-            !sel.is_empty() && is_subset(&sel, &labels),
-            "Service {} does not select the gateway pods",
+        let selected: Vec<&str> = deployments
+            .iter()
+            .filter(|dep| !sel.is_empty() && is_subset(&sel, &pod_labels(dep)))
+            .map(|dep| name(dep))
+            .collect();
+        assert_eq!(
+            selected.len(),
+            1,
+            "Service {} selects the pods of {selected:?}, not of exactly one Deployment",
             name(svc)
         );
+        if !is_subset(&sel, &labels) {
+            continue;
+        }
         for p in seq_at(svc, &["spec", "ports"]) {
             let port = at(p, &["port"]).and_then(Value::as_u64).expect("port");
             let target = resolve_port(at(p, &["targetPort"]).expect("targetPort"), &ports);
@@ -865,12 +960,358 @@ fn kustomize_renders_the_manifests() {
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
     ] {
         assert!(kinds.contains(k), "kustomize output lacks a {k}: {kinds:?}");
     }
     assert!(
         !kinds.contains("Secret"),
         "kustomize must not render the example Secret"
+    );
+}
+
+// === tests: quotas, [cluster] and its Redis ===
+
+/// The ConfigMap's config as plain TOML, independent of the gateway's types.
+fn configmap_toml(m: &Manifests) -> toml::Table {
+    toml::from_str(&mounted_config(m).text).expect("the ConfigMap's config is TOML")
+}
+
+fn toml_str<'a>(table: &'a toml::Table, key: &str) -> &'a str {
+    table
+        .get(key)
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("no string {key}"))
+}
+
+/// `redis://[user@]host:port/db` -> (host, port).
+fn redis_host_port(url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .unwrap_or_else(|| panic!("redis_url {url:?} is not redis:// or rediss://"));
+    let authority = rest.split('/').next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("redis_url {url:?}: name the port"));
+    (
+        host.to_string(),
+        port.parse()
+            .unwrap_or_else(|_| panic!("redis_url {url:?}: bad port")),
+    )
+}
+
+/// The value following `flag` in a container's args.
+fn arg_after<'a>(args: &'a [&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| args.get(i + 1))
+        .copied()
+}
+
+#[test]
+fn the_configmap_config_shares_quotas_through_redis() {
+    let m = Manifests::load();
+    // load_str accepts [cluster] and [[quotas]] as the pod would load them.
+    let cfg = cluster_config(&m);
+    let table = configmap_toml(&m);
+
+    let cluster = table
+        .get("cluster")
+        .and_then(toml::Value::as_table)
+        .expect("three replicas share quotas and invalidations: the config needs [cluster]");
+    redis_host_port(toml_str(cluster, "redis_url"));
+    let password_env = toml_str(cluster, "redis_password_env");
+    assert_eq!(password_env, "PORTCULLIS_REDIS_PASSWORD");
+    assert!(
+        cfg.env_vars.contains(password_env),
+        "the env vars the config names include {password_env}"
+    );
+    // Redis down: count locally (readiness unaffected), do not refuse the routes.
+    assert_eq!(toml_str(cluster, "on_redis_error"), "local");
+    assert_eq!(
+        cluster.get("timeout_ms").and_then(toml::Value::as_integer),
+        Some(50)
+    );
+
+    let quotas: BTreeSet<&str> = table
+        .get("quotas")
+        .and_then(toml::Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|q| {
+            q.get("name")
+                .and_then(toml::Value::as_str)
+                .expect("quota name")
+        })
+        .collect();
+    let used: BTreeSet<&str> = table
+        .get("routes")
+        .and_then(toml::Value::as_array)
+        .expect("routes")
+        .iter()
+        .filter_map(|r| r.get("quota").and_then(toml::Value::as_str))
+        .collect();
+    assert!(!used.is_empty(), "no route uses a [[quotas]] entry");
+    assert_eq!(
+        used, quotas,
+        "every quota is used by a route and every route's quota exists"
+    );
+
+    // The loaded config has them as written.
+    let config = &cfg.loaded.config;
+    let loaded = config
+        .cluster
+        .as_ref()
+        .expect("the loaded config has [cluster]");
+    assert_eq!(loaded.password_env.as_deref(), Some(password_env));
+    assert_eq!(
+        loaded.on_redis_error,
+        portcullis::config::model::OnRedisError::Local
+    );
+    assert_eq!(loaded.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(config.quotas.len(), quotas.len());
+    let routes_with_quota = table["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter(|r| r.get("quota").is_some())
+        .count();
+    assert_eq!(
+        config.routes.iter().filter(|r| r.quota.is_some()).count(),
+        routes_with_quota
+    );
+
+    // The loader reads these sections rather than ignoring them: broken
+    // variants of the same text are refused, naming the key.
+    let text = mounted_config(&m).text;
+    for (from, to, needle) in [
+        (
+            r#"on_redis_error = "local""#,
+            r#"on_redis_error = "sometimes""#,
+            "on_redis_error",
+        ),
+        (
+            r#"redis_url = "redis://redis:6379/0""#,
+            r#"redis_url = "http://redis:6379/0""#,
+            "redis_url",
+        ),
+        (
+            r#"quota = "verify-writes""#,
+            r#"quota = "verify-writez""#,
+            "quota",
+        ),
+    ] {
+        assert!(text.contains(from), "the ConfigMap no longer has {from}");
+        let broken = text.replacen(from, to, 1);
+        let scratch = Scratch::new("broken");
+        let origin = scratch.0.join("portcullis.toml");
+        match portcullis::config::load_str(&broken, &origin) {
+            Ok(_) => panic!("load_str accepted {to}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(needle),
+                    "{to}: the error does not name {needle}: {msg}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn redis_manifest_serves_the_cluster_config() {
+    let m = Manifests::load();
+    let table = configmap_toml(&m);
+    let cluster = table
+        .get("cluster")
+        .and_then(toml::Value::as_table)
+        .expect("[cluster]");
+    let (host, port) = redis_host_port(toml_str(cluster, "redis_url"));
+    let password_env = toml_str(cluster, "redis_password_env");
+
+    // redis_url names a Service of these manifests (same namespace), which sends
+    // the port to the Redis container.
+    let svc = m.named("Service", &host);
+    let redis = m.named("Deployment", REDIS_DEPLOYMENT);
+    let labels = pod_labels(redis);
+    let sel = string_map(at(svc, &["spec", "selector"]));
+    assert!(
+        !sel.is_empty() && is_subset(&sel, &labels),
+        "Service {host} does not select the Redis pods"
+    );
+    assert!(
+        !is_subset(&sel, &pod_labels(m.gateway())),
+        "Service {host} also selects the gateway pods"
+    );
+    let container = first_container(redis);
+    let ports = container_ports(container);
+    let target = seq_at(svc, &["spec", "ports"])
+        .iter()
+        .find(|p| at(p, &["port"]).and_then(Value::as_u64) == Some(u64::from(port)))
+        .map(|p| resolve_port(at(p, &["targetPort"]).expect("targetPort"), &ports))
+        .unwrap_or_else(|| panic!("Service {host} has no port {port}"));
+    let args: Vec<&str> = seq_at(container, &["args"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let listen: u16 = arg_after(&args, "--port")
+        .unwrap_or("6379")
+        .parse()
+        .expect("--port");
+    assert_eq!(
+        target, listen,
+        "the Service does not reach redis-server's --port"
+    );
+
+    // One instance, never two at once (each would count half the traffic).
+    assert_eq!(
+        at(redis, &["spec", "replicas"]).and_then(Value::as_u64),
+        Some(1)
+    );
+    assert_eq!(
+        str_at(redis, &["spec", "strategy", "type"]),
+        Some("Recreate")
+    );
+
+    // No persistence: counters are ephemeral. No RDB, no AOF, no volume claim.
+    assert_eq!(arg_after(&args, "--save"), Some(""), "--save \"\"");
+    assert_eq!(arg_after(&args, "--appendonly"), Some("no"));
+    let pod = at(redis, &["spec", "template", "spec"]).expect("pod spec");
+    assert!(
+        seq_at(pod, &["volumes"])
+            .iter()
+            .all(|v| at(v, &["persistentVolumeClaim"]).is_none()),
+        "no persistent volume"
+    );
+    // Bounded memory that evicts expiring keys rather than failing every write.
+    assert!(arg_after(&args, "--maxmemory").is_some(), "--maxmemory");
+    let policy = arg_after(&args, "--maxmemory-policy").expect("--maxmemory-policy");
+    assert!(
+        policy.starts_with("volatile-"),
+        "--maxmemory-policy {policy}"
+    );
+
+    // requirepass is the password the gateway reads, from the same Secret key.
+    let pass_arg = arg_after(&args, "--requirepass").expect("--requirepass");
+    let var = pass_arg
+        .strip_prefix("$(")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("--requirepass {pass_arg}: expected $(VAR) from the env"));
+    let env = seq_at(container, &["env"])
+        .iter()
+        .find(|e| str_at(e, &["name"]) == Some(var))
+        .unwrap_or_else(|| panic!("the Redis container has no env var {var}"));
+    let secret = m.one("Secret");
+    assert_eq!(
+        str_at(env, &["valueFrom", "secretKeyRef", "name"]),
+        Some(name(secret)),
+        "{var} comes from the gateway's Secret"
+    );
+    assert_eq!(
+        str_at(env, &["valueFrom", "secretKeyRef", "key"]),
+        Some(password_env),
+        "{var} is the key the gateway's redis_password_env names"
+    );
+    assert!(
+        string_map(at(secret, &["stringData"])).contains_key(password_env),
+        "the example Secret has {password_env}"
+    );
+
+    // Locked down like the gateway.
+    assert_eq!(
+        at(pod, &["securityContext", "runAsNonRoot"]).and_then(Value::as_bool),
+        Some(true)
+    );
+    assert_eq!(
+        at(pod, &["automountServiceAccountToken"]).and_then(Value::as_bool),
+        Some(false)
+    );
+    let sc = at(container, &["securityContext"]).expect("container securityContext");
+    assert_eq!(
+        at(sc, &["readOnlyRootFilesystem"]).and_then(Value::as_bool),
+        Some(true)
+    );
+    assert_eq!(
+        at(sc, &["allowPrivilegeEscalation"]).and_then(Value::as_bool),
+        Some(false)
+    );
+    let dropped: Vec<&str> = seq_at(sc, &["capabilities", "drop"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(dropped, vec!["ALL"]);
+    assert!(at(container, &["resources", "limits", "memory"]).is_some());
+    assert!(at(container, &["readinessProbe"]).is_some());
+
+    // Only the gateway pods may connect.
+    let policy = m.named("NetworkPolicy", REDIS_DEPLOYMENT);
+    let applies_to = string_map(at(policy, &["spec", "podSelector", "matchLabels"]));
+    assert!(!applies_to.is_empty() && is_subset(&applies_to, &labels));
+    let ingress = seq_at(policy, &["spec", "ingress"]);
+    assert_eq!(ingress.len(), 1, "one ingress rule");
+    let from = seq_at(&ingress[0], &["from"]);
+    assert!(
+        !from.is_empty(),
+        "an ingress rule without `from` admits everyone"
+    );
+    let gateway_labels = pod_labels(m.gateway());
+    for peer in from {
+        let sel = string_map(at(peer, &["podSelector", "matchLabels"]));
+        assert!(
+            !sel.is_empty() && is_subset(&sel, &gateway_labels) && !is_subset(&sel, &labels),
+            "the NetworkPolicy admits more than the gateway pods: {peer:?}"
+        );
+    }
+}
+
+/// The binary's own `check --require-env`, on the ConfigMap's file as mounted:
+/// accepted with every secret set, refused (exit 64, naming it) without the
+/// Redis password.
+#[test]
+fn portcullis_check_accepts_the_configmap_config_with_its_secrets() {
+    let m = Manifests::load();
+    let mounted = mounted_config(&m);
+    let vars = referenced_env_vars(&mounted.text);
+    let path = mounted.path.to_str().expect("utf-8 path");
+    let check = |without: Option<&str>| -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(["check", "--require-env", "--config", path]);
+        for var in &vars {
+            if Some(var.as_str()) == without {
+                cmd.env_remove(var);
+            } else {
+                cmd.env(var, DUMMY_SECRET);
+            }
+        }
+        cmd.output().expect("run portcullis check")
+    };
+
+    let out = check(None);
+    assert!(
+        out.status.success(),
+        "portcullis check refused the ConfigMap's config:\n{}",
+        output_text(&out)
+    );
+
+    let password_env = "PORTCULLIS_REDIS_PASSWORD";
+    assert!(vars.contains(password_env));
+    let out = check(Some(password_env));
+    let text = output_text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "check --require-env without {password_env}:\n{text}"
+    );
+    assert!(
+        text.contains(password_env),
+        "the error names {password_env}:\n{text}"
+    );
+    assert!(
+        !text.contains(DUMMY_SECRET),
+        "check printed a secret's value:\n{text}"
     );
 }
 
@@ -1039,10 +1480,7 @@ fn scrape_config_covers_static_hosts_and_kubernetes_pods() {
         .expect("no kubernetes_sd_configs job");
     // It keeps the container port the Deployment names for the admin listener.
     let m = Manifests::load();
-    let container = &seq_at(
-        m.one("Deployment"),
-        &["spec", "template", "spec", "containers"],
-    )[0];
+    let container = first_container(m.gateway());
     let cfg = cluster_config(&m);
     let admin_port = port_of(&cfg.loaded.config.admin.listen);
     let admin_name = container_ports(container)
@@ -1166,6 +1604,17 @@ fn dashboard_panels_have_titles_and_queries() {
         "portcullis_client_cache_requests_total",
         "portcullis_client_cache_entries",
         "portcullis_config_reloads_total",
+        // Quotas and [cluster].
+        "portcullis_quota_decisions_total{",
+        "outcome=\"limited\"",
+        "by (outcome)",
+        "by (op, le) (rate(portcullis_redis_duration_seconds_bucket",
+        "portcullis_redis_errors_total",
+        "portcullis_quota_fallbacks_total",
+        "portcullis_cluster_invalidations_total",
+        "by (direction)",
+        "portcullis_cluster_subscribed",
+        "portcullis_cluster_resubscriptions_total",
     ] {
         assert!(all.contains(needle), "no dashboard query uses {needle}");
     }

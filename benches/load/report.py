@@ -15,7 +15,7 @@ import statistics
 import sys
 
 CELL_ORDER = [
-    "nginx-pass", "pingora-pass", "gw-pass", "gw-rs", "gw-es",
+    "nginx-pass", "pingora-pass", "gw-pass", "gw-rs", "gw-es", "gwc-rs", "gwc-rsq",
     "haproxy-rs", "haproxy-es", "envoy-rs", "envoy-es",
 ]
 DESCRIPTION = {
@@ -24,6 +24,8 @@ DESCRIPTION = {
     "gw-pass": "portcullis auth=none",
     "gw-rs": "portcullis full RS256",
     "gw-es": "portcullis full ES256",
+    "gwc-rs": "[cluster] full RS256",
+    "gwc-rsq": "[cluster] RS256 +quota",
     "haproxy-rs": "haproxy jwt RS256",
     "haproxy-es": "haproxy jwt ES256",
     "envoy-rs": "envoy jwt+rbac RS256",
@@ -62,11 +64,41 @@ def cpu_us_per_req(r, key="cpu_ticks"):
     return r[key] / r["clk_tck"] * 1e6 / w["requests"]
 
 
-def cpu_pct(r, keys=("cpu_ticks", "upstream_ticks")):
+def cpu_pct(r, keys=("cpu_ticks", "upstream_ticks", "aux_ticks")):
+    """Server-side CPU: the target, the upstream and (quota cells) redis-server."""
     w = r.get("wrk")
     if not w or w["duration_us"] <= 0:
         return None
-    return sum(r[k] for k in keys) / r["clk_tck"] * 1e6 / w["duration_us"] * 100
+    return sum(r.get(k, 0) for k in keys) / r["clk_tck"] * 1e6 / w["duration_us"] * 100
+
+
+def aux_us_per_req(r):
+    """redis-server's CPU per request (the [cluster] gateway's cells)."""
+    w = r.get("wrk")
+    if "aux_ticks" not in r or not w or w["requests"] <= 0:
+        return None
+    return r["aux_ticks"] / r["clk_tck"] * 1e6 / w["requests"]
+
+
+def quota_problems(r):
+    """Why a Redis-quota cell did not measure what it claims (empty: it did)."""
+    if r["cell"] != "gwc-rsq":
+        return []
+    q, w = r.get("quota"), r.get("wrk")
+    if not w:
+        return []
+    if not q:
+        return ["no quota counters read from the gateway"]
+    why = []
+    if q["allowed"] < 0.98 * w["requests"]:
+        why.append(f"only {q['allowed']} quota decisions for {w['requests']} requests")
+    if q["limited"]:
+        why.append(f"{q['limited']} requests limited (the quota must not be reached)")
+    if q["fallbacks"]:
+        why.append(f"{q['fallbacks']} decisions counted locally (Redis not used)")
+    if q["redis_errors"]:
+        why.append(f"{q['redis_errors']} Redis errors")
+    return why
 
 
 def loadgen_pct(r):
@@ -165,7 +197,10 @@ def report(results, meta, memory):
         f"envoy {meta.get('envoy') or '-'}  |  distinct pool {meta.get('pool')}/alg, gateway token cache "
         f"{meta.get('gw_token_cache')}, envoy jwt cache {meta.get('envoy_jwt_cache')}, ACL {meta.get('ip_allow')}"
     )
-    p(f"load average at the end: {meta.get('loadavg_end')}  (elapsed {meta.get('elapsed_s')} s)")
+    p(
+        f"load average at the end: {meta.get('loadavg_end')}  (elapsed {meta.get('elapsed_s')} s)"
+        + (f"  redis {meta['redis']}" if meta.get("redis") else "")
+    )
     p("=" * 118)
     hdr = (
         f"{'target':<24} {'workload':<9} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>7} {'p99 ms':>7} "
@@ -206,12 +241,13 @@ def report(results, meta, memory):
     )
     p(
         "(~0 same token = cache hits, ~1 distinct = every request verified). srvCPU%: target + upstream CPU "
-        "(100 = the server CPU is saturated); genCPU%: wrk's CPU (near 100 = load-generator bound)."
+        "(+ redis-server for [cluster] cells; 100 = the server CPU is saturated); genCPU%: wrk's CPU "
+        "(near 100 = load-generator bound)."
     )
 
     # --- key ratios ---
     p("")
-    p("Key ratios (per-run ratio, median over runs; targets from issue 7, reference lines have none):")
+    p("Key ratios (per-run ratio, median over runs; targets from issues 7 and 16, reference lines have none):")
     checks = []
 
     def ratio_check(label, num, den, target, runs_=runs):
@@ -240,6 +276,23 @@ def report(results, meta, memory):
         ratio_check(f"full {A} same-token / nginx passthrough", (f"gw-{a}", "same"), ("nginx-pass", "same"), 0.80)
         v = cpu_of((f"gw-{a}", "same"))
         checks.append((f"full {A} same-token CPU per request", v, "<= 25 us", None if v is None else v <= 25, nruns, " us"))
+    # Issue 16: a Redis quota on the full policy, same gateway and route otherwise.
+    ratio_check(
+        "full RS256 + Redis quota / same route without quota", ("gwc-rsq", "same"), ("gwc-rs", "same"), 0.85
+    )
+    reference(
+        "Redis quota: gateway CPU added per request",
+        *diff_median(runs, ("gwc-rsq", "same"), ("gwc-rs", "same")), " us",
+    )
+    reference(
+        "Redis quota: redis-server CPU per request",
+        med([aux_us_per_req(cells[("gwc-rsq", "same")]) for cells in runs.values() if ("gwc-rsq", "same") in cells]),
+        sum(1 for cells in runs.values() if ("gwc-rsq", "same") in cells), " us",
+    )
+    reference(
+        "[cluster] gateway, no quota / plain gateway (full RS256)",
+        *ratio_median(runs, ("gwc-rs", "same"), ("gw-rs", "same")), "x",
+    )
     ratio_check("full RS256 same-token / HAProxy RS256", ("gw-rs", "same"), ("haproxy-rs", "same"), 2.0)
     ratio_check("full RS256 same-token / Envoy RS256", ("gw-rs", "same"), ("envoy-rs", "same"), 3.0)
     ratio_check("full RS256 distinct-token / HAProxy RS256 distinct", ("gw-rs", "distinct"), ("haproxy-rs", "distinct"), 1.0)
@@ -276,6 +329,20 @@ def report(results, meta, memory):
             verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
         val = "-" if v is None else (f"{v:.2f}{unit}" if unit == "x" else f"{v:.1f}{unit}")
         p(f"  {label:<58} {val:>11}   target {target:<11} {verdict:<8} ({n} run(s))")
+    quota_lines = []
+    for run, cells in sorted(runs.items()):
+        a, b = cells.get(("gwc-rsq", "same")), cells.get(("gwc-rs", "same"))
+        if a and b and rps(a) and rps(b):
+            q = a.get("quota") or {}
+            quota_lines.append(
+                f"    run {run}: without quota {rps(b):.0f} req/s (p99 {b['wrk']['p99_us'] / 1000:.2f} ms) | "
+                f"with Redis quota {rps(a):.0f} req/s (p99 {a['wrk']['p99_us'] / 1000:.2f} ms) = {rps(a) / rps(b):.2f}x"
+                f" | quota decisions/request {q.get('allowed', 0) / max(a['wrk']['requests'], 1):.2f},"
+                f" redis-server {fmt(aux_us_per_req(a), '.1f')} us/req"
+            )
+    if quota_lines:
+        p("  Redis quota pair ([cluster] gateway, same RS256 route with and without quota, same token):")
+        out.extend(quota_lines)
     if half_lines:
         p("  half-saturation detail (paced with wrk delay(): closed loop with think time, not wrk2's open loop):")
         out.extend(half_lines)
@@ -302,6 +369,7 @@ def report(results, meta, memory):
         spr = sig_per_req(r)
         if r["workload"] == "distinct" and spr is not None and spr < 0.95:
             why.append(f"only {spr:.2f} signature checks per request: cache hits (raise POOL or lower GW_TOKEN_CACHE)")
+        why.extend(quota_problems(r))
         if why:
             bad.append((r, why))
     if bad:

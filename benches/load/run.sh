@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Portcullis load harness: the gateway against nginx, HAProxy and Envoy doing the same
 # work (and a bare pingora proxy, the framework's own floor), on loopback, pinned,
-# interleaved. See benches/load/README.md.
+# interleaved; and the full policy with a Redis quota ([cluster]) against the same route
+# without one. See benches/load/README.md.
 #
 #   make bench-load                       # the whole thing (about 10 minutes)
 #   DURATION=3 RUNS=1 make bench-load     # a quick trial
@@ -26,13 +27,14 @@ MEM=${MEM:-1}                      # 1: memory phase (100k tokens + 100k clients
 MEM_TOKENS=${MEM_TOKENS:-100000}   # distinct tokens / clients in the memory phase
 MEM_SECONDS=${MEM_SECONDS:-120}    # upper bound of the memory phase's load
 MEM_MODE=${MEM_MODE:-both}         # what the memory phase caches: both | tokens | clients
-BASE_PORT=${BASE_PORT:-18400}      # ports BASE_PORT .. BASE_PORT+9 on 127.0.0.1
+BASE_PORT=${BASE_PORT:-18400}      # ports BASE_PORT .. BASE_PORT+12 on 127.0.0.1
 LOAD_CPU=${LOAD_CPU:-0}            # wrk's CPU
 SERVER_CPU=${SERVER_CPU:-1}        # every server's CPU (upstream included)
+REDIS_CPU=${REDIS_CPU:-$SERVER_CPU} # redis-server's CPU (target quota)
 GW_TOKEN_CACHE=${GW_TOKEN_CACHE:-256}    # gateway token cache (distinct pools are far larger)
 ENVOY_JWT_CACHE=${ENVOY_JWT_CACHE:-1024} # Envoy jwt_cache_size (0: Envoy without its cache)
 IP_ALLOW=${IP_ALLOW:-127.0.0.1/32} # source ACL of every full-policy target
-TARGETS=${TARGETS:-"nginx pingora gw haproxy envoy"}
+TARGETS=${TARGETS:-"nginx pingora gw haproxy envoy quota"}
 INSTALL=${INSTALL:-1}              # 0: do not apt-get / pip install
 BUILD=${BUILD:-1}                  # 0: use the existing release binary
 KEEP_WORK=${KEEP_WORK:-0}          # 1: keep keys and token pools in the work directory
@@ -54,7 +56,10 @@ ENVOY_ADMIN_PORT=$((BASE_PORT + 6))
 MEM_PORT=$((BASE_PORT + 7))
 MEM_ADMIN_PORT=$((BASE_PORT + 8))
 BARE_PORT=$((BASE_PORT + 9))
-ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT" "$BARE_PORT")
+GWC_PORT=$((BASE_PORT + 10))       # the gateway with [cluster] (target quota)
+GWC_ADMIN_PORT=$((BASE_PORT + 11))
+REDIS_PORT=$((BASE_PORT + 12))     # its redis-server
+ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT" "$BARE_PORT" "$GWC_PORT" "$GWC_ADMIN_PORT" "$REDIS_PORT")
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -62,7 +67,7 @@ die() {
     exit 1
 }
 
-for v in MAIN HALF MEM DURATION RUNS CONNECTIONS WRK_THREADS POOL MEM_TOKENS MEM_SECONDS BASE_PORT LOAD_CPU SERVER_CPU GW_TOKEN_CACHE ENVOY_JWT_CACHE WARMUP; do
+for v in MAIN HALF MEM DURATION RUNS CONNECTIONS WRK_THREADS POOL MEM_TOKENS MEM_SECONDS BASE_PORT LOAD_CPU SERVER_CPU REDIS_CPU GW_TOKEN_CACHE ENVOY_JWT_CACHE WARMUP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 ((DURATION >= 1 && RUNS >= 1 && CONNECTIONS >= 1 && WRK_THREADS >= 1)) || die "DURATION, RUNS, CONNECTIONS and WRK_THREADS must be >= 1"
@@ -70,7 +75,7 @@ done
 ((POOL >= 100)) || die "POOL must be >= 100"
 ((BASE_PORT >= 1024 && BASE_PORT <= 65000)) || die "BASE_PORT must be in 1024..65000"
 for t in $TARGETS; do
-    case $t in nginx | pingora | gw | haproxy | envoy) ;; *) die "unknown target '$t' in TARGETS (nginx pingora gw haproxy envoy)" ;; esac
+    case $t in nginx | pingora | gw | haproxy | envoy | quota) ;; *) die "unknown target '$t' in TARGETS (nginx pingora gw haproxy envoy quota)" ;; esac
 done
 case $MEM_MODE in both | tokens | clients) ;; *) die "MEM_MODE must be both, tokens or clients (got '$MEM_MODE')" ;; esac
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -84,7 +89,7 @@ PY
 ACL_REFUSES_DENIED_SRC=$(python3 -c 'import ipaddress,sys; print(0 if ipaddress.ip_address(sys.argv[2]) in ipaddress.ip_network(sys.argv[1]) else 1)' "$IP_ALLOW" "$DENIED_SRC")
 
 NPROC=$(nproc)
-((LOAD_CPU < NPROC && SERVER_CPU < NPROC)) || die "LOAD_CPU/SERVER_CPU must be < $NPROC (this machine's CPUs)"
+((LOAD_CPU < NPROC && SERVER_CPU < NPROC && REDIS_CPU < NPROC)) || die "LOAD_CPU/SERVER_CPU/REDIS_CPU must be < $NPROC (this machine's CPUs)"
 [[ $LOAD_CPU != "$SERVER_CPU" ]] || log "warning: LOAD_CPU = SERVER_CPU: load generator and servers share a CPU"
 CLK_TCK=$(getconf CLK_TCK)
 T_START=$(date +%s)
@@ -107,10 +112,14 @@ install_tools() {
     command -v ss >/dev/null || missing+=(iproute2)
     if has_target haproxy; then command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy); fi
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    if has_target quota; then
+        command -v redis-server >/dev/null || missing+=(redis-server)
+        command -v redis-cli >/dev/null || missing+=(redis-tools)
+    fi
     if ((${#missing[@]})); then
         ((INSTALL)) || die "missing: ${missing[*]} (INSTALL=0)"
         log "installing from Debian: ${missing[*]}"
-        # Debian's postinst would start nginx/haproxy services listening on :80; a
+        # Debian's postinst would start nginx/haproxy/redis services (:80, :6379); a
         # temporary policy-rc.d forbids that (only when none exists).
         local policy_created=0
         if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -144,6 +153,7 @@ install_tools
 HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 WRK_BIN=$(command -v wrk)
+REDIS_BIN=$(command -v redis-server || true)
 
 # --- 2. build ---------------------------------------------------------------------------
 if ((BUILD)); then
@@ -163,7 +173,7 @@ fi
 # --- ports ------------------------------------------------------------------------------
 port_busy() { [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
 for p in "${ALL_PORTS[@]}"; do
-    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+9)"
+    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+12)"
 done
 
 # --- work directory, process tracking, cleanup -------------------------------------------
@@ -326,6 +336,7 @@ fi
 export T_WORK=$WORK T_UP_PORT=$UP_PORT T_NGX_PORT=$NGX_PORT T_GW_PORT=$GW_PORT T_GW_ADMIN_PORT=$GW_ADMIN_PORT
 export T_HAP_PORT=$HAP_PORT T_ENVOY_PORT=$ENVOY_PORT T_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT
 export T_MEM_PORT=$MEM_PORT T_MEM_ADMIN_PORT=$MEM_ADMIN_PORT
+export T_GWC_PORT=$GWC_PORT T_GWC_ADMIN_PORT=$GWC_ADMIN_PORT T_REDIS_PORT=$REDIS_PORT
 export T_ISS_RS=$ISS_RS T_ISS_ES=$ISS_ES T_ISS_MEM=$ISS_MEM T_AUD=$AUD T_IP_ALLOW=$IP_ALLOW
 export T_IP_ALLOW_ADDR=${IP_ALLOW%/*} T_IP_ALLOW_LEN=${IP_ALLOW#*/}
 [[ $IP_ALLOW == */* ]] || T_IP_ALLOW_LEN=32
@@ -341,13 +352,22 @@ else
     export T_ENVOY_CACHE_RS=""
 fi
 export T_ENVOY_CACHE_ES=$T_ENVOY_CACHE_RS
-for t in nginx-upstream.conf nginx-proxy.conf haproxy.cfg envoy.yaml portcullis.toml portcullis-mem.toml; do
+for t in nginx-upstream.conf nginx-proxy.conf haproxy.cfg envoy.yaml portcullis.toml portcullis-mem.toml portcullis-cluster.toml; do
     python3 "$HERE/render.py" "$HERE/templates/$t" "$WORK/conf/$t" || die "rendering $t failed"
 done
 
 "$PORTCULLIS_BIN" check --config "$WORK/conf/portcullis.toml" >"$WORK/logs/gw-check.log" 2>&1 ||
     die "portcullis check refused the benchmark config:
 $(cat "$WORK/logs/gw-check.log")"
+if has_target quota; then
+    # A fresh password per run: the gateway reads it from BENCH_REDIS_PASSWORD
+    # ([cluster] redis_password_env), redis-server gets it as requirepass.
+    BENCH_REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+    export BENCH_REDIS_PASSWORD
+    "$PORTCULLIS_BIN" check --require-env --config "$WORK/conf/portcullis-cluster.toml" >"$WORK/logs/gwc-check.log" 2>&1 ||
+        die "portcullis check refused the [cluster] config:
+$(cat "$WORK/logs/gwc-check.log")"
+fi
 if ((MEM)); then
     "$PORTCULLIS_BIN" check --config "$WORK/conf/portcullis-mem.toml" >"$WORK/logs/gw-mem-check.log" 2>&1 ||
         die "portcullis check refused the memory-phase config:
@@ -401,6 +421,24 @@ if has_target envoy; then
     wait_http envoy "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" 200
     wait_http envoy "http://127.0.0.1:$ENVOY_PORT/rs/x"
 fi
+redis_cli() { # args... : redis-cli against the harness's redis-server (password from the env, not argv)
+    REDISCLI_AUTH=$BENCH_REDIS_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
+if has_target quota; then
+    # No persistence (quota counters are ephemeral), loopback only, pinned.
+    start redis "$REDIS_CPU" "$REDIS_BIN" --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+        --requirepass "$BENCH_REDIS_PASSWORD" --save "" --appendonly no --dir "$WORK/run" --logfile "" --daemonize no
+    for ((i = 0; i < 150; i++)); do
+        [[ $(redis_cli ping 2>/dev/null) == PONG ]] && break
+        is_ours redis || die "redis-server exited during start-up (log: $WORK/logs/redis.log)"
+        sleep 0.1
+    done
+    [[ $(redis_cli ping 2>/dev/null) == PONG ]] || die "redis-server not answering an authenticated PING within 15 s"
+    STOP_SIG[gwc]=INT
+    RUST_LOG=${BENCH_RUST_LOG:-warn} start gwc "$SERVER_CPU" "$PORTCULLIS_BIN" run --config "$WORK/conf/portcullis-cluster.toml"
+    wait_http gwc "http://127.0.0.1:$GWC_ADMIN_PORT/readyz" 200
+    wait_http gwc "http://127.0.0.1:$GWC_PORT/rs/x"
+fi
 
 # --- 5. correctness checks --------------------------------------------------------------
 PATH_TAIL=/v1.0/apiclients/bench-target
@@ -448,6 +486,51 @@ check_full() { # TARGET PORT
     done
 }
 
+metric_where() { # admin-port metric-name label-text -> value summed over the label sets containing label-text ('' = all), 0 if none
+    curl -s --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+        awk -v m="$2" -v s="$3" '($1 == m || index($1, m "{") == 1) && index($1, s) { t += $2 } END { printf "%d\n", t }'
+}
+check_line() { # TARGET DESC WANT GOT OK(0|1)
+    printf '%-8s %-28s %-16s got %s\n' "$1" "$2" "want $3" "$4" >>"$CHECK_LOG"
+    (($5)) || CHECK_FAILS+=("$1: $2: wanted $3, got $4")
+}
+
+# The [cluster] gateway: the full policy with and without the Redis quota, the quota
+# live (headers, a 429 once a small quota is spent), its counters in Redis, no fallback.
+check_quota() {
+    local t=gwc port=$GWC_PORT a
+    check_full "$t" "$port" # /rs and /es: the routes without a quota
+    for a in rs es; do
+        local p="/${a}q$PATH_TAIL" c="$WORK/tokens/check/$a"
+        expect "$t" "$port" "$p" "$WORK/tokens/$a.token" 200 "$a+quota valid token"
+        expect "$t" "$port" "$p" - "401|403" "$a+quota no token"
+        expect "$t" "$port" "$p" "$c.badsig" "401|403" "$a+quota bad signature"
+        expect "$t" "$port" "$p" "$c.noent" 403 "$a+quota lacks entitlement"
+        if ((ACL_REFUSES_DENIED_SRC)); then
+            expect "$t" "$port" "$p" "$WORK/tokens/$a.token" 403 "$a+quota valid, source $DENIED_SRC" "$DENIED_SRC"
+        fi
+    done
+    local auth="Authorization: Bearer $(cat "$WORK/tokens/rs.token")" hdrs
+    hdrs=$(curl -s --max-time 5 -D - -o /dev/null -H "$auth" "http://127.0.0.1:$port/rsq$PATH_TAIL" 2>/dev/null | tr -d '\r' || true)
+    local policy
+    policy=$(grep -i '^ratelimit-policy:' <<<"$hdrs" | head -n 1 || true)
+    check_line "$t" "rs+quota RateLimit-Policy" "a header" "${policy:-none}" "$([[ -n $policy ]] && echo 1 || echo 0)"
+    # Quota "tiny": burst 2, then one request per 100 s.
+    expect "$t" "$port" "/tiny$PATH_TAIL" "$WORK/tokens/rs.token" 200 "tiny quota, request 1"
+    expect "$t" "$port" "/tiny$PATH_TAIL" "$WORK/tokens/rs.token" 200 "tiny quota, request 2"
+    expect "$t" "$port" "/tiny$PATH_TAIL" "$WORK/tokens/rs.token" 429 "tiny quota, request 3"
+    local body
+    body=$(head -c 300 "$WORK/results/body.tmp" 2>/dev/null | tr -d '\n' || true)
+    check_line "$t" "tiny quota 429 body" "rate_limited" "${body:0:80}" "$([[ $body == *'"rate_limited"'* ]] && echo 1 || echo 0)"
+    local keys
+    keys=$(redis_cli --scan --pattern 'portcullis-bench:quota:*' 2>/dev/null | wc -l)
+    check_line "$t" "quota keys in Redis" ">= 2" "$keys" "$((keys >= 2))"
+    local fb err
+    fb=$(metric_where "$GWC_ADMIN_PORT" portcullis_quota_fallbacks_total "")
+    err=$(metric_where "$GWC_ADMIN_PORT" portcullis_redis_errors_total "")
+    check_line "$t" "no fallback, no Redis error" "0 0" "$fb $err" "$((fb == 0 && err == 0))"
+}
+
 log "checking every target's answers before timing"
 has_target nginx && expect nginx "$NGX_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
 has_target pingora && expect pingora "$BARE_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
@@ -459,6 +542,7 @@ if ((CLI_TOKEN)); then
 fi
 has_target haproxy && check_full haproxy "$HAP_PORT"
 has_target envoy && check_full envoy "$ENVOY_PORT"
+has_target quota && check_quota
 sed 's/^/  /' "$CHECK_LOG" >&2
 if ((${#CHECK_FAILS[@]})); then
     printf '  FAILED: %s\n' "${CHECK_FAILS[@]}" >&2
@@ -505,6 +589,12 @@ for a in rs es; do
     has_target haproxy && CELLS+=("haproxy-$a haproxy $HAP_PORT /$a$PATH_TAIL same $a")
     has_target envoy && CELLS+=("envoy-$a envoy $ENVOY_PORT /$a$PATH_TAIL same $a")
 done
+# The Redis quota pair: the same full-policy route on the same [cluster] gateway, with
+# and without a quota (ratio >= 0.85 in the report).
+if has_target quota; then
+    CELLS+=("gwc-rs gwc $GWC_PORT /rs$PATH_TAIL same rs")
+    CELLS+=("gwc-rsq gwc $GWC_PORT /rsq$PATH_TAIL same rs")
+fi
 for a in rs es; do
     CELLS+=("gw-$a gw $GW_PORT /$a$PATH_TAIL distinct $a")
     has_target haproxy && CELLS+=("haproxy-$a haproxy $HAP_PORT /$a$PATH_TAIL distinct $a")
@@ -530,19 +620,42 @@ measure() {
         wrkargs+=(-H "Authorization: Bearer $(cat "$WORK/tokens/$alg.token")")
     fi
     ((rate > 0)) && envs+=(BENCH_RATE="$rate" BENCH_THREADS="$WRK_THREADS")
-    local sig0="" sig1=""
-    [[ $target == gw ]] && sig0=$(metric "$GW_ADMIN_PORT" portcullis_token_signature_checks_total)
-    local t0 u0 c0 c1 t1 u1 out rc=0
+    local sig0="" sig1="" admin=""
+    [[ $target == gw ]] && admin=$GW_ADMIN_PORT
+    [[ $target == gwc ]] && admin=$GWC_ADMIN_PORT
+    [[ -n $admin ]] && sig0=$(metric "$admin" portcullis_token_signature_checks_total)
+    # The [cluster] gateway: its redis-server's CPU (aux) and the quota counters.
+    local -a apids=()
+    local -a q0=() q1=()
+    if [[ $target == gwc ]]; then
+        mapfile -t apids < <(tree_of redis)
+        q0=("$(metric_where "$admin" portcullis_quota_decisions_total 'outcome="allowed"')"
+            "$(metric_where "$admin" portcullis_quota_decisions_total 'outcome="limited"')"
+            "$(metric_where "$admin" portcullis_quota_fallbacks_total "")"
+            "$(metric_where "$admin" portcullis_redis_errors_total "")")
+    fi
+    local t0 u0 a0 a1 c0 c1 t1 u1 out rc=0
     children_cpu_ms
     c0=$CHILD_MS
     t0=$(ticks_of "${tpids[@]}")
     u0=$(ticks_of "${upids[@]}")
+    a0=$(ticks_of "${apids[@]}")
     out=$(env "${envs[@]}" timeout -k 5 $((DURATION + 30)) taskset -c "$LOAD_CPU" "$WRK_BIN" "${wrkargs[@]}" "$url" 2>&1) || rc=$?
     t1=$(ticks_of "${tpids[@]}")
     u1=$(ticks_of "${upids[@]}")
+    a1=$(ticks_of "${apids[@]}")
     children_cpu_ms
     c1=$CHILD_MS
-    [[ $target == gw ]] && sig1=$(metric "$GW_ADMIN_PORT" portcullis_token_signature_checks_total)
+    [[ -n $admin ]] && sig1=$(metric "$admin" portcullis_token_signature_checks_total)
+    local quota=null
+    if [[ $target == gwc ]]; then
+        q1=("$(metric_where "$admin" portcullis_quota_decisions_total 'outcome="allowed"')"
+            "$(metric_where "$admin" portcullis_quota_decisions_total 'outcome="limited"')"
+            "$(metric_where "$admin" portcullis_quota_fallbacks_total "")"
+            "$(metric_where "$admin" portcullis_redis_errors_total "")")
+        quota=$(printf '{"allowed":%d,"limited":%d,"fallbacks":%d,"redis_errors":%d}' \
+            $((q1[0] - q0[0])) $((q1[1] - q0[1])) $((q1[2] - q0[2])) $((q1[3] - q0[3])))
+    fi
     printf '%s\n' "$out" >"$WORK/logs/wrk-$phase-$run-$name-$workload.txt"
     local alive=true
     if ! is_ours "$target"; then
@@ -551,14 +664,20 @@ measure() {
         log "!!! $target DIED during $name/$workload (run $run); last log lines:"
         tail -n 20 "$WORK/logs/$target.log" >&2 || true
     fi
+    if [[ $target == gwc ]] && ! is_ours redis; then
+        alive=false
+        DEAD[gwc]=1
+        log "!!! redis-server DIED during $name/$workload (run $run); last log lines:"
+        tail -n 20 "$WORK/logs/redis.log" >&2 || true
+    fi
     local wj
     wj=$(grep -m1 '^WRKJSON ' <<<"$out" | cut -d' ' -f2- || true)
     [[ -n $wj ]] || wj=null
     local sigd=null
     [[ -n $sig0 && -n $sig1 ]] && sigd=$((sig1 - sig0))
-    printf '{"phase":"%s","run":%d,"cell":"%s","target":"%s","workload":"%s","alg":"%s","rate":%d,"duration":%d,"wrk_rc":%d,"alive":%s,"cpu_ticks":%d,"upstream_ticks":%d,"clk_tck":%d,"loadgen_cpu_ms":%d,"sig_checks":%s,"wrk":%s}\n' \
+    printf '{"phase":"%s","run":%d,"cell":"%s","target":"%s","workload":"%s","alg":"%s","rate":%d,"duration":%d,"wrk_rc":%d,"alive":%s,"cpu_ticks":%d,"upstream_ticks":%d,"aux_ticks":%d,"clk_tck":%d,"loadgen_cpu_ms":%d,"sig_checks":%s,"quota":%s,"wrk":%s}\n' \
         "$phase" "$run" "$name" "$target" "$workload" "$alg" "$rate" "$DURATION" "$rc" "$alive" \
-        $((t1 - t0)) $((u1 - u0)) "$CLK_TCK" $((c1 - c0)) "$sigd" "$wj" >>"$RESULTS"
+        $((t1 - t0)) $((u1 - u0)) $((a1 - a0)) "$CLK_TCK" $((c1 - c0)) "$sigd" "$quota" "$wj" >>"$RESULTS"
     python3 "$HERE/report.py" --line "$(tail -n 1 "$RESULTS")" >&2 || true
 }
 
@@ -689,6 +808,7 @@ cat >"$WORK/results/meta.json" <<EOF
  "haproxy": "$("$HAPROXY_BIN" -v 2>/dev/null | head -n 1 | awk '{print $3}')",
  "envoy": "$([[ -n $ENVOY_BIN ]] && "$ENVOY_BIN" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p' | head -n 1 || true)",
  "nginx": "$("$NGINX_BIN" -v 2>&1 | sed 's|.*/||')",
+ "redis": "$([[ -n $REDIS_BIN ]] && "$REDIS_BIN" --version 2>/dev/null | sed -n 's/.* v=\([0-9.]*\).*/\1/p' || true)",
  "portcullis": "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"}
 EOF
 python3 "$HERE/report.py" --results "$RESULTS" --meta "$WORK/results/meta.json" --memory "$MEMJSON" |
