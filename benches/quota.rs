@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
     // Not awaiting anything in-process: one poll decides.
     let check = |index: usize, p: &Progress| {
         quotas
-            .check(index, "open", p)
+            .check(index, 0, p)
             .now_or_never()
             .expect("the in-process check completes without waiting")
             .expect("admitted")

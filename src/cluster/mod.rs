@@ -75,6 +75,8 @@ pub struct Cluster {
     /// Monotonic µs before which Redis is not tried (0: try).
     resting_until: AtomicU64,
     pub metrics: Arc<QuotaMetrics>,
+    /// `portcullis_redis_duration_seconds{op="quota"}`, resolved once.
+    quota_duration: prometheus::Histogram,
 }
 
 impl Cluster {
@@ -89,6 +91,7 @@ impl Cluster {
             script: Script::new(GCRA_SCRIPT),
             replica: hex::encode(rand::random::<[u8; 8]>()),
             resting_until: AtomicU64::new(0),
+            quota_duration: metrics.redis_duration.with_label_values(&["quota"]),
             config,
             metrics,
         })
@@ -106,11 +109,6 @@ impl Cluster {
         &self.client
     }
 
-    /// The quota key of `value` under quota `quota` counted by `kind`.
-    pub fn quota_key(&self, quota: &str, kind: &str, value: &str) -> String {
-        format!("{}quota:{quota}:{kind}:{value}", self.config.key_prefix)
-    }
-
     /// One GCRA decision in Redis (`gcra` in microseconds).
     pub async fn decide(&self, key: &str, gcra: &Gcra) -> Result<Decision, RedisFailure> {
         let mut conn = self.connection()?;
@@ -119,7 +117,7 @@ impl Cluster {
         invocation.arg(gcra.interval).arg(gcra.tolerance);
         let call = invocation.invoke_async::<(i64, i64, i64)>(&mut conn);
         let answer = tokio::time::timeout(self.config.timeout, call).await;
-        self.observe("quota", started);
+        self.quota_duration.observe(started.elapsed().as_secs_f64());
         match answer {
             Ok(Ok((allowed, retry, ahead))) => {
                 let ahead = u64::try_from(ahead).unwrap_or(0);
@@ -148,6 +146,22 @@ impl Cluster {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.failed("publish", RedisFailure::Error, &e.to_string())),
             Err(_) => Err(self.failed("publish", RedisFailure::Timeout, "timed out")),
+        }
+    }
+
+    /// Connect now (the manager, and a PING through it), so that the first
+    /// request does not pay for TCP, TLS and AUTH within `timeout_ms`.
+    /// Failures are left for the request path to see.
+    pub async fn warm_up(&self) {
+        let Ok(mut conn) = self.connection() else {
+            return;
+        };
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "redis not reachable yet"),
+            Err(_) => tracing::debug!("redis not reachable yet: timed out"),
         }
     }
 

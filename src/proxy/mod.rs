@@ -106,16 +106,11 @@ impl Gateway {
 
         // Quota: after every head check (a refused request spends none),
         // before any body byte is read.
-        if let Some((index, route)) = ctx
-            .progress
-            .route
-            .and_then(|r| state.config.routes.get(r))
-            .and_then(|r| r.quota.map(|q| (q, r)))
-        {
-            let verdict = state
-                .quotas
-                .check(index, &route.name, &ctx.progress)
-                .await?;
+        if let Some((index, route)) = ctx.progress.route.and_then(|r| {
+            let quota = state.config.routes.get(r)?.quota?;
+            Some((quota, r))
+        }) {
+            let verdict = state.quotas.check(index, route, &ctx.progress).await?;
             ctx.rate_limit = Some(verdict);
         }
 

@@ -16,6 +16,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
+
 use crate::cluster::{Cluster, RedisFailure};
 use crate::config::model::{ClusterConfig, OnRedisError, QuotaConfig, QuotaKey, QuotaLimit};
 use crate::config::Config;
@@ -39,10 +41,16 @@ struct Quota {
     redis_limit: Gcra,
     overrides: HashMap<String, (Gcra, Gcra, QuotaLimit)>,
     store: Arc<LocalStore>,
+    /// `{key_prefix}quota:{name}:{key}:` (with `[cluster]`).
+    redis_prefix: String,
 }
 
 impl Quota {
-    fn new(config: Arc<QuotaConfig>, store: Option<Arc<LocalStore>>) -> Quota {
+    fn new(
+        config: Arc<QuotaConfig>,
+        store: Option<Arc<LocalStore>>,
+        cluster: Option<&ClusterConfig>,
+    ) -> Quota {
         let local_limit = Gcra::new(config.limit, 1e9);
         let redis_limit = Gcra::new(config.limit, 1e6);
         let overrides: HashMap<_, _> = config
@@ -56,12 +64,21 @@ impl Quota {
             .fold(local_limit.tolerance, u64::max);
         let store =
             store.unwrap_or_else(|| Arc::new(LocalStore::new(Duration::from_nanos(longest))));
+        let redis_prefix = cluster.map_or_else(String::new, |c| {
+            format!(
+                "{}quota:{}:{}:",
+                c.key_prefix,
+                config.name,
+                config.key.name()
+            )
+        });
         Quota {
             config,
             local_limit,
             redis_limit,
             overrides,
             store,
+            redis_prefix,
         }
     }
 
@@ -137,9 +154,15 @@ pub enum Refusal {
     Unavailable,
 }
 
+/// `portcullis_quota_decisions_total` of one route, resolved once per
+/// config (no label lookup per request): allowed, limited, unavailable.
+struct Outcomes([IntCounter; 3]);
+
 /// Every quota of a config, with its counters.
 pub struct Quotas {
     quotas: Vec<Quota>,
+    /// Per route (same index as `config.routes`), for routes with a quota.
+    outcomes: Vec<Option<Outcomes>>,
     cluster: Option<Arc<Cluster>>,
     on_redis_error: OnRedisError,
     pub metrics: Arc<QuotaMetrics>,
@@ -161,7 +184,7 @@ impl Quotas {
                         .find(|old| *old.config == **q)
                         .map(|old| old.store.clone())
                 });
-                Quota::new(q.clone(), kept)
+                Quota::new(q.clone(), kept, config.cluster.as_ref())
             })
             .collect();
         let cluster = config.cluster.as_ref().and_then(|c| {
@@ -171,8 +194,23 @@ impl Quotas {
                 .cloned();
             kept.or_else(|| new_cluster(c, &metrics))
         });
+        let outcomes = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.quota.map(|_| {
+                    let c = |outcome: &str| {
+                        metrics
+                            .decisions
+                            .with_label_values(&[r.name.as_str(), outcome])
+                    };
+                    Outcomes([c("allowed"), c("limited"), c("unavailable")])
+                })
+            })
+            .collect();
         Quotas {
             quotas,
+            outcomes,
             cluster,
             on_redis_error: config
                 .cluster
@@ -186,12 +224,12 @@ impl Quotas {
         self.cluster.as_ref()
     }
 
-    /// Count one request of `route` (its name labels the metric) against
-    /// quota `index` for the caller `progress` identifies.
+    /// Count one request of route `route` (an index into `config.routes`)
+    /// against quota `index` for the caller `progress` identifies.
     pub async fn check(
         &self,
         index: usize,
-        route: &str,
+        route: usize,
         progress: &Progress,
     ) -> Result<Verdict, Refusal> {
         let Some(quota) = self.quotas.get(index) else {
@@ -203,7 +241,9 @@ impl Quotas {
         let decision = match &self.cluster {
             None => quota.store.decide(value, local),
             Some(cluster) => {
-                let key = cluster.quota_key(&quota.config.name, quota.config.key.name(), value);
+                let mut key = String::with_capacity(quota.redis_prefix.len() + value.len());
+                key.push_str(&quota.redis_prefix);
+                key.push_str(value);
                 match cluster.decide(&key, remote).await {
                     Ok(d) => d,
                     Err(failure) => match self.on_redis_error {
@@ -212,7 +252,7 @@ impl Quotas {
                             quota.store.decide(value, local)
                         }
                         OnRedisError::Deny => {
-                            self.count(route, "unavailable");
+                            self.count(route, 2);
                             return Err(Refusal::Unavailable);
                         }
                     },
@@ -221,10 +261,10 @@ impl Quotas {
         };
         let verdict = Verdict::new(&quota.config.name, limit, decision);
         if decision.allowed {
-            self.count(route, "allowed");
+            self.count(route, 0);
             Ok(verdict)
         } else {
-            self.count(route, "limited");
+            self.count(route, 1);
             Err(Refusal::Limited(verdict))
         }
     }
@@ -256,11 +296,11 @@ impl Quotas {
         ))
     }
 
-    fn count(&self, route: &str, outcome: &str) {
-        self.metrics
-            .decisions
-            .with_label_values(&[route, outcome])
-            .inc();
+    /// `outcome`: 0 allowed, 1 limited, 2 unavailable.
+    fn count(&self, route: usize, outcome: usize) {
+        if let Some(Some(Outcomes(counters))) = self.outcomes.get(route) {
+            counters[outcome].inc();
+        }
     }
 
     fn fell_back(&self, failure: RedisFailure) {

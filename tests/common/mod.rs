@@ -18,6 +18,11 @@
 
 #![allow(dead_code)]
 
+/// The `portcullis` binary in child processes (several gateways at once).
+pub mod child;
+/// A real `redis-server` on a free loopback port (the cluster tests).
+pub mod redis;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream};
 use std::path::{Path, PathBuf};
