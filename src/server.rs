@@ -164,7 +164,13 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
         metrics.clone(),
         audit.clone(),
     )?;
-    server.add_service(Drainable::new(proxy, drain.clone()));
+    // The Redis connection of quota decisions belongs on the proxy's runtime.
+    let warm = state.clone();
+    server.add_service(Drainable::new(proxy, drain.clone()).on_start(move || {
+        if let Some(cluster) = warm.load().quotas.cluster().cloned() {
+            tokio::spawn(async move { cluster.warm_up().await });
+        }
+    }));
     let mut admin = Service::new(
         "portcullis admin".to_string(),
         AdminApp::new(state.clone(), metrics.clone(), reloader.clone()).with_drain(drain.clone()),

@@ -248,11 +248,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for DrainGrace<A> {
 pub struct Drainable<S> {
     inner: S,
     drain: Arc<Drain>,
+    on_start: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl<S> Drainable<S> {
     pub fn new(inner: S, drain: Arc<Drain>) -> Drainable<S> {
-        Drainable { inner, drain }
+        Drainable {
+            inner,
+            drain,
+            on_start: None,
+        }
+    }
+
+    /// Run `f` when the service starts, on its runtime (to spawn tasks that
+    /// must live there).
+    pub fn on_start(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Drainable<S> {
+        self.on_start = Some(Box::new(f));
+        self
     }
 }
 
@@ -271,6 +283,9 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Drainable<S> {
                 .listen_fds
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(fds.clone());
+        }
+        if let Some(f) = self.on_start.take() {
+            f();
         }
         let own = self.drain.stop_proxy.subscribe();
         let drain = self.drain.clone();

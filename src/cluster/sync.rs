@@ -100,7 +100,6 @@ impl ClusterSync {
     /// Keep `cluster`'s channel subscribed until a reload replaces it.
     async fn follow(&self, cluster: &Arc<Cluster>) {
         static LOST: LogThrottle = LogThrottle::new(Duration::from_secs(10));
-        cluster.warm_up().await;
         let mut backoff = MIN_BACKOFF;
         let mut was_subscribed = false;
         loop {
