@@ -384,13 +384,9 @@ fn trace_quota<T: Trace>(
     if !T::ENABLED {
         return;
     }
-    match route.quota {
-        Some(index) => {
-            if let Some(text) = state.quotas.describe(index, progress) {
-                trace.passed(Step::Quota, format_args!("{text}"));
-            }
-        }
-        None => trace.passed(Step::Quota, format_args!("none on this route")),
+    // A route without a quota has no such step to show.
+    if let Some(text) = route.quota.and_then(|q| state.quotas.describe(q, progress)) {
+        trace.passed(Step::Quota, format_args!("{text}"));
     }
 }
 

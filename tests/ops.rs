@@ -874,7 +874,14 @@ fn reload_swaps_config_without_losing_requests_keys_or_cache() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Enough requests before the reload that the stream straddles it (on a
+    // loaded machine 300 ms once gave only 4); bounded by the stream's own 10 s.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            results.lock().unwrap_or_else(|e| e.into_inner()).len() >= 8
+        }),
+        "the request stream did not get going"
+    );
 
     // The JWKS endpoint goes down just before the reload: the key set must
     // carry over, not be fetched again.
