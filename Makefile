@@ -16,7 +16,7 @@ deps:
 # promtool validates the /metrics exposition in the test suite (Debian package `prometheus`);
 # tests/cluster.rs starts its own redis-server processes on free loopback ports (Debian
 # package `redis-server`; without it those tests fail, they never skip). The package's own
-# service (port 6379) is not used: when this target installs the package it stops it again.
+# service (port 6379) is not used and not started (scripts/apt-install-no-start.sh).
 test-deps: deps
 	@command -v promtool >/dev/null 2>&1 || { \
 		echo "installing promtool (Debian package prometheus)"; \
@@ -24,8 +24,7 @@ test-deps: deps
 		echo "promtool could not be installed: the metrics exposition test will say it skipped"; }
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server (Debian package redis-server, for tests/cluster.rs)"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server && \
-		{ $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || $(SUDO) service redis-server stop >/dev/null 2>&1 || true; }; }
+		$(SUDO) sh scripts/apt-install-no-start.sh redis-server; }
 
 build: deps
 	$(CARGO) build --all-targets
