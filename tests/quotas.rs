@@ -1323,3 +1323,47 @@ upstream = "app"
         "portcullis_quota_decisions_total is declared a counter"
     );
 }
+
+/// A route that redacts its answers (`[routes.response]`, answered through
+/// the redaction path) counts its quota like any other and carries the
+/// rate-limit headers on the redacted answer too.
+#[test]
+fn a_redacting_route_counts_its_quota_and_carries_the_headers() {
+    let env = Env::start(
+        r#"
+[[quotas]]
+name = "reads"
+rate_per_second = 1
+burst = 2
+
+[[routes]]
+name = "secret-reads"
+methods = ["GET"]
+path = "/secrets/{id}"
+upstream = "app"
+quota = "reads"
+
+[routes.response]
+redact = { "/clientSecret" = [] }
+"#,
+    );
+    env.up
+        .set_response(200, br#"{"clientId":"c1","clientSecret":"s3cr3t"}"#);
+    let tok = token("redactor");
+    for remaining in [1, 0] {
+        let sent = env.get("/secrets/c1", &tok);
+        assert_eq!(sent.resp.status, 200, "{}", sent.resp.describe());
+        assert_eq!(sent.forwarded, 1);
+        let body = sent.resp.body_str();
+        assert!(!body.contains("s3cr3t"), "not redacted: {body}");
+        assert!(body.contains("\"clientId\":\"c1\""), "{body}");
+        let (name, r) = sf_param(&sent.resp, "ratelimit", "r").unwrap();
+        assert_eq!((name.as_str(), r), ("reads", remaining));
+        let (name, q) = sf_param(&sent.resp, "ratelimit-policy", "q").unwrap();
+        assert_eq!((name.as_str(), q), ("reads", 2));
+    }
+    let over = env.get("/secrets/c1", &tok);
+    assert_eq!(over.resp.status, 429, "{}", over.resp.describe());
+    assert_eq!(over.resp.error_code().as_deref(), Some("rate_limited"));
+    assert_eq!(over.forwarded, 0, "a 429 reached the upstream");
+}

@@ -88,6 +88,8 @@ pub struct Admitted {
     as_get: bool,
     /// The gateway's client_credentials token for the upstream, if any.
     brokered_authorization: Option<String>,
+    /// The quota's verdict: its headers go on the answer like any other.
+    rate_limit: Option<crate::quota::Verdict>,
 }
 
 /// How the buffered path ended when it did not write a complete answer.
@@ -118,6 +120,7 @@ pub fn adopt(session: &mut Session, ctx: &mut RequestCtx) -> bool {
     ctx.peer_trusted = admitted.peer_trusted;
     ctx.inspected_body_len = admitted.body_len;
     ctx.brokered_authorization = admitted.brokered_authorization.take();
+    ctx.rate_limit = admitted.rate_limit.take();
     let as_get = admitted.as_get;
     let body_len = admitted.body_len;
     let req = session.req_header_mut();
@@ -161,6 +164,7 @@ pub async fn forward(
         body_len: body.as_ref().map(Bytes::len),
         as_get: is_head,
         brokered_authorization: ctx.brokered_authorization.clone(),
+        rate_limit: ctx.rate_limit.clone(),
     };
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Err(Failure::Refuse(GatewayError::Internal));
