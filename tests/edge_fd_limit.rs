@@ -36,8 +36,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::child::Scratch;
 use common::*;
 
 /// `RLIMIT_NOFILE` of the gateway process.
@@ -74,48 +75,20 @@ fn serial() -> MutexGuard<'static, ()> {
 
 // === the gateway in a child process with a low file limit ===
 
-/// A scratch directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-fd-limit-{tag}-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir).expect("create the temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `portcullis run` with `RLIMIT_NOFILE` = [`FD_LIMIT`]; killed on drop.
 struct LimitedGateway {
     child: Child,
     proxy: SocketAddr,
     admin: SocketAddr,
     log: PathBuf,
-    _dir: TempDir,
+    _dir: Scratch,
 }
 
 impl LimitedGateway {
     /// Starts the binary on a config with `server_lines` in `[server]` and
     /// waits (at most 10 s) for `/readyz`.
     fn start(tag: &str, up: &MockUpstream, server_lines: &[&str]) -> LimitedGateway {
-        let dir = TempDir::new(tag);
+        let dir = Scratch::new(&format!("fd-limit-{tag}"));
         let mut b = ConfigBuilder::new()
             .server(&format!("header_timeout_ms = {HEADER_TIMEOUT_MS}"))
             .server("shutdown_timeout_seconds = 1")

@@ -249,13 +249,9 @@ fn client(config: &ClusterConfig) -> Result<redis::Client, String> {
         .map_err(|e| format!("cluster.redis_url: not a usable Redis URL ({:?})", e.kind()))
 }
 
-/// Microseconds on a monotonic clock, never 0.
+/// Microseconds on the quotas' monotonic clock (never 0).
 fn monotonic_us() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_micros())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
+    crate::quota::local::now_ns() / 1000
 }
 
 #[cfg(test)]

@@ -34,6 +34,18 @@ pub struct Decision {
 }
 
 impl Gcra {
+    /// `rate_per_second` and `burst` in nanoseconds (tests).
+    #[cfg(test)]
+    pub fn per_second_ns(rate_per_second: f64, burst: u32) -> Gcra {
+        Gcra::new(
+            QuotaLimit {
+                rate_per_second,
+                burst,
+            },
+            1e9,
+        )
+    }
+
     /// `limit` in a clock of `units_per_second` (1e9 for ns, 1e6 for µs).
     pub fn new(limit: QuotaLimit, units_per_second: f64) -> Gcra {
         // Rates are validated (0 < rate <= 1e9): the interval is finite and
@@ -102,13 +114,7 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn gcra(rate: f64, burst: u32) -> Gcra {
-        Gcra::new(
-            QuotaLimit {
-                rate_per_second: rate,
-                burst,
-            },
-            1e9,
-        )
+        Gcra::per_second_ns(rate, burst)
     }
 
     /// Run requests at the given times (seconds); return which were admitted.

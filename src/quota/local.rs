@@ -70,8 +70,8 @@ impl LocalStore {
 }
 
 /// Nanoseconds on a monotonic clock that starts well above zero (a TAT of 0
-/// means "never seen").
-fn now_ns() -> u64 {
+/// means "never seen"); also the clock of `crate::cluster`'s back-off.
+pub fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(epoch.elapsed().as_nanos())
@@ -82,16 +82,9 @@ fn now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::QuotaLimit;
 
     fn gcra(rate: f64, burst: u32) -> Gcra {
-        Gcra::new(
-            QuotaLimit {
-                rate_per_second: rate,
-                burst,
-            },
-            1e9,
-        )
+        Gcra::per_second_ns(rate, burst)
     }
 
     #[test]
