@@ -26,6 +26,7 @@ use portcullis::auth::token_cache::{TokenCache, TokenCacheSettings};
 use portcullis::auth::VerifiedToken;
 use portcullis::clients::meta::from_json;
 use portcullis::clients::{FieldPointers, Lookup};
+use portcullis::policy::entitlement_sets;
 
 // The gateway's allocator (src/main.rs), so the figures match its RSS.
 #[global_allocator]
@@ -91,8 +92,12 @@ fn main() {
                 issuer: 0,
                 claims: Default::default(),
                 subject: Some("bench-user".into()),
-                client_id: Some(format!("client-{i:07}")),
-                entitlements: vec!["manageAPIClients".into(), "readAPIClients".into()],
+                client_id: Some(format!("client-{i:07}").into()),
+                // Interned, as verification does.
+                entitlements: entitlement_sets::intern(vec![
+                    "manageAPIClients".into(),
+                    "readAPIClients".into(),
+                ]),
                 expires_at: 4_000_000_000,
             };
             let digest = TokenCache::digest(&format!("token-{i}"));
@@ -149,7 +154,7 @@ fn verify_client(i: u64) -> (String, serde_json::Value) {
         "readUsers",
     ];
     let client_id = uuid(i, 0x5eed);
-    let filters: &[&str] = if i % 2 == 0 {
+    let filters: &[&str] = if i.is_multiple_of(2) {
         &["10.0.0.0/8"]
     } else {
         &["10.0.0.0/8", "192.0.2.0/24"]
