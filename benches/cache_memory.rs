@@ -10,9 +10,10 @@
 //!   harness's memory phase (subject, client id, two entitlements, no kept
 //!   claims);
 //! * `client cache entry`: a client record as `ClientDirectory` caches it —
-//!   a moka `future::Cache` keyed by the client id `String`, holding the
-//!   fetch time and a `Lookup::Found(Arc<ClientMeta>)` (the directory's
-//!   private `Entry`, mirrored here: keep the two alike), the record read
+//!   a moka `future::Cache` keyed by the client id (`Arc<str>`, which the
+//!   record's `client_id` shares), holding the fetch time and a
+//!   `Lookup::Found(Arc<ClientMeta>)` (the directory's private `Entry` and
+//!   `share_key`, mirrored here: keep the two alike), the record read
 //!   by `clients::meta::from_json` from an IBM Verify API client (UUID
 //!   `clientId` and `id`, 2–4 entitlements, an allow filter of 1–2 CIDRs).
 //!
@@ -178,7 +179,7 @@ fn client_cache_entry(n: u64) -> Option<u64> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let cache: moka::future::Cache<String, Entry> = moka::future::Cache::builder()
+    let cache: moka::future::Cache<Arc<str>, Entry> = moka::future::Cache::builder()
         .max_capacity(n)
         .time_to_live(Duration::from_secs(300 + 60))
         .build();
@@ -187,10 +188,12 @@ fn client_cache_entry(n: u64) -> Option<u64> {
         let before = rss_kib()?;
         for i in 0..n {
             let (client_id, record) = verify_client(i);
-            let meta = from_json(&client_id, &record, &fields).expect("a valid record");
+            let mut meta = from_json(&client_id, &record, &fields).expect("a valid record");
             drop(record);
-            // The directory's key is copied from the `&str` asked for.
-            let key = client_id.as_str().to_owned();
+            // The directory's key, made from the `&str` asked for, and
+            // shared by the record it loads.
+            let key: Arc<str> = Arc::from(client_id.as_str());
+            meta.client_id = Arc::clone(&key);
             cache
                 .insert(key, (Instant::now(), Lookup::Found(Arc::new(meta))))
                 .await;

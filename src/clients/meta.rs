@@ -1,6 +1,7 @@
 //! What the IAM service knows about an API client, and the client's own rules.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -37,8 +38,9 @@ impl IpFilter {
 /// with every token and client holding the same one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientMeta {
-    /// The OAuth client id the token names.
-    pub client_id: Box<str>,
+    /// The OAuth client id the token names (shared with the directory's
+    /// cache key).
+    pub client_id: Arc<str>,
     /// The service's record id (IBM Verify's `id`, distinct from `clientId`).
     pub id: Option<Box<str>>,
     pub enabled: bool,
