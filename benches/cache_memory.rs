@@ -8,7 +8,14 @@
 //!   expiry) — moka's own bookkeeping, the floor of any moka-backed cache;
 //! * `token cache entry`: [`TokenCache`] holding a token like the load
 //!   harness's memory phase (subject, client id, two entitlements, no kept
-//!   claims).
+//!   claims);
+//! * `client cache entry`: a client record as `ClientDirectory` caches it —
+//!   a moka `future::Cache` keyed by the client id (`Arc<str>`, which the
+//!   record's `client_id` shares), holding the fetch time and a
+//!   `Lookup::Found(Arc<ClientMeta>)` (the directory's private `Entry` and
+//!   `share_key`, mirrored here: keep the two alike), the record read
+//!   by `clients::meta::from_json` from an IBM Verify API client (UUID
+//!   `clientId` and `id`, 2–4 entitlements, an allow filter of 1–2 CIDRs).
 //!
 //! `cargo bench --bench cache_memory` (`N` from `PORTCULLIS_BENCH_ENTRIES`,
 //! default 100,000; `cargo test` runs it with 1,000).
@@ -18,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use portcullis::auth::token_cache::{TokenCache, TokenCacheSettings};
 use portcullis::auth::VerifiedToken;
+use portcullis::clients::meta::from_json;
+use portcullis::clients::{FieldPointers, Lookup};
+use portcullis::policy::entitlement_sets;
 
 // The gateway's allocator (src/main.rs), so the figures match its RSS.
 #[global_allocator]
@@ -83,8 +93,12 @@ fn main() {
                 issuer: 0,
                 claims: Default::default(),
                 subject: Some("bench-user".into()),
-                client_id: Some(format!("client-{i:07}")),
-                entitlements: vec!["manageAPIClients".into(), "readAPIClients".into()],
+                client_id: Some(format!("client-{i:07}").into()),
+                // Interned, as verification does.
+                entitlements: entitlement_sets::intern(vec![
+                    "manageAPIClients".into(),
+                    "readAPIClients".into(),
+                ]),
                 expires_at: 4_000_000_000,
             };
             let digest = TokenCache::digest(&format!("token-{i}"));
@@ -100,6 +114,8 @@ fn main() {
     });
     assert_eq!(tokens.entry_count(), n, "every token stays cached");
 
+    let clients = client_cache_entry(n);
+
     let show = |v: Option<u64>| v.map_or("n/a (no /proc)".to_string(), |b| format!("{b} bytes"));
     println!("cache_memory: {n} entries each, VmRSS growth per entry");
     println!(
@@ -110,4 +126,82 @@ fn main() {
         "  token cache entry (harness memory-phase token)        {}",
         show(token_entry)
     );
+    println!(
+        "  client cache entry (IBM Verify API client record)     {}",
+        show(clients)
+    );
+}
+
+/// A UUID-shaped id, distinct for each `i` and `salt`.
+fn uuid(i: u64, salt: u64) -> String {
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        (x >> 32) as u32,
+        (x >> 16) as u16,
+        (x >> 4) as u16 & 0xfff,
+        i as u16 & 0xfff,
+        i
+    )
+}
+
+/// The IBM Verify API client record number `i`: 2, 3 or 4 entitlements, an
+/// allow filter of one or two networks.
+fn verify_client(i: u64) -> (String, serde_json::Value) {
+    const ENTITLEMENTS: [&str; 4] = [
+        "manageAPIClients",
+        "readAPIClients",
+        "manageUsers",
+        "readUsers",
+    ];
+    let client_id = uuid(i, 0x5eed);
+    let filters: &[&str] = if i.is_multiple_of(2) {
+        &["10.0.0.0/8"]
+    } else {
+        &["10.0.0.0/8", "192.0.2.0/24"]
+    };
+    let record = serde_json::json!({
+        "id": uuid(i, 0x1d),
+        "clientId": client_id,
+        "clientName": format!("automation-{i}"),
+        "enabled": true,
+        "entitlements": ENTITLEMENTS[..2 + (i % 3) as usize],
+        "ipFilterOp": "allow",
+        "ipFilters": filters,
+    });
+    (client_id, record)
+}
+
+/// RSS growth per cached client record, held as `ClientDirectory` holds it.
+fn client_cache_entry(n: u64) -> Option<u64> {
+    // The directory's `Entry`: when fetched, and what the source said.
+    type Entry = (Instant, Lookup);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let cache: moka::future::Cache<Arc<str>, Entry> = moka::future::Cache::builder()
+        .max_capacity(n)
+        .time_to_live(Duration::from_secs(300 + 60))
+        .build();
+    let fields = FieldPointers::default();
+    let per = runtime.block_on(async {
+        let before = rss_kib()?;
+        for i in 0..n {
+            let (client_id, record) = verify_client(i);
+            let mut meta = from_json(&client_id, &record, &fields).expect("a valid record");
+            drop(record);
+            // The directory's key, made from the `&str` asked for, and
+            // shared by the record it loads.
+            let key: Arc<str> = Arc::from(client_id.as_str());
+            meta.client_id = Arc::clone(&key);
+            cache
+                .insert(key, (Instant::now(), Lookup::Found(Arc::new(meta))))
+                .await;
+        }
+        cache.run_pending_tasks().await;
+        let after = rss_kib()?;
+        Some(after.saturating_sub(before) * 1024 / n.max(1))
+    });
+    assert_eq!(cache.entry_count(), n, "every client stays cached");
+    per
 }

@@ -49,7 +49,7 @@ fn progress(client: &str, ip: IpAddr) -> Progress {
             claims: Default::default(),
             subject: Some("sub".into()),
             client_id: Some(client.into()),
-            entitlements: Vec::new(),
+            entitlements: Vec::new().into(),
             expires_at: u64::MAX,
         })),
         ..Progress::default()

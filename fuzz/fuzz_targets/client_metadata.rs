@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         .pointer(pointer)
         .expect("a found client is at the pointer");
     assert!(object.is_object());
-    assert_eq!(meta.client_id, CLIENT_ID);
+    assert_eq!(&*meta.client_id, CLIENT_ID);
     // The record names the client asked for (not a UUID: exactly).
     assert_eq!(
         object.pointer(&f.client_id),
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
         None | Some(Value::Null) => assert!(meta.entitlements.is_empty()),
         Some(Value::Array(items)) => {
             let names: Vec<&str> = items.iter().map(|v| v.as_str().expect("string")).collect();
-            assert_eq!(meta.entitlements, names);
+            assert_eq!(*meta.entitlements, *names);
         }
         Some(other) => panic!("entitlements {other} accepted"),
     }

@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(token.issuer, 3);
         assert_eq!(token.client_id.as_deref(), Some("c1"));
         assert_eq!(token.subject.as_deref(), Some("s1"));
-        assert_eq!(token.entitlements, vec!["a", "b"]);
+        assert_eq!(*token.entitlements, ["a", "b"]);
         assert_eq!(expires_at, NOW + 10);
         // Never cached past `exp`.
         assert_eq!(ttl, Duration::from_secs(10));

@@ -189,7 +189,7 @@ async fn rs256_token_verifies_with_all_fields() {
     assert_eq!(ok.issuer, 0);
     assert_eq!(ok.subject.as_deref(), Some("alice"));
     assert_eq!(ok.client_id.as_deref(), Some("app-1"));
-    assert_eq!(ok.entitlements, ["readUsers", "manageAPIClients"]);
+    assert_eq!(*ok.entitlements, ["readUsers", "manageAPIClients"]);
     assert_eq!(ok.expires_at, NOW + 600);
     assert_eq!(ok.claims.get("iss"), Some(&json!(ISS)));
 }
@@ -834,7 +834,7 @@ async fn entitlements_client_id_and_subject_from_a_token() {
     let ok = verify(&v, &mint(Algorithm::RS256, Some("k1"), &c, &rsa()))
         .await
         .unwrap();
-    assert_eq!(ok.entitlements, ["manageUsers"]);
+    assert_eq!(*ok.entitlements, ["manageUsers"]);
     assert_eq!(ok.client_id.as_deref(), Some("azp-client"));
     assert_eq!(ok.subject, None);
 
@@ -842,7 +842,7 @@ async fn entitlements_client_id_and_subject_from_a_token() {
     let ok = verify(&v, &mint(Algorithm::RS256, Some("k1"), &c, &rsa()))
         .await
         .unwrap();
-    assert_eq!(ok.entitlements, ["a", "b"]);
+    assert_eq!(*ok.entitlements, ["a", "b"]);
     assert_eq!(ok.client_id.as_deref(), Some("c"));
 
     let c = claims_with(json!({"realm_access": {"roles": [1]}}));

@@ -38,6 +38,7 @@ use super::strict_json::{self, StrictJsonError};
 use super::token_cache::{CachedToken, TokenCache, TokenCacheSettings};
 use crate::config::model::{IssuerConfig, KeySource};
 use crate::error::{GatewayError, TokenFault};
+use crate::policy::entitlement_sets::{self, EntitlementSet};
 
 /// A token that passed every check.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,12 +48,14 @@ pub struct VerifiedToken {
     /// The claims later steps may read (all of them unless the verifier
     /// was told to keep only some; see [`Verifier::keep_only_claims`]).
     pub claims: Map<String, Value>,
-    /// `sub`, when it is a string.
-    pub subject: Option<String>,
+    /// `sub`, when it is a string. Boxed, as the other strings here: a
+    /// cached token keeps no spare capacity.
+    pub subject: Option<Box<str>>,
     /// The first of the issuer's `client_id_claims` present as a string.
-    pub client_id: Option<String>,
-    /// From the issuer's `entitlements_claim`.
-    pub entitlements: Vec<String>,
+    pub client_id: Option<Box<str>>,
+    /// From the issuer's `entitlements_claim`, shared with every token and
+    /// client holding the same list ([`entitlement_sets`]).
+    pub entitlements: EntitlementSet,
     /// `exp`, in unix seconds (rounded down).
     pub expires_at: u64,
 }
@@ -694,13 +697,18 @@ pub(super) fn identity(
     expires_at: u64,
     kept: Option<&[String]>,
 ) -> Result<VerifiedToken, TokenFault> {
-    let entitlements = entitlements_from_claims(&claims, &config.entitlements_claim)?;
+    // Interned here, where a token is verified (or introspected) and about
+    // to be cached, never on a cache hit.
+    let entitlements = entitlement_sets::intern(entitlements_from_claims(
+        &claims,
+        &config.entitlements_claim,
+    )?);
     let client_id = config
         .client_id_claims
         .iter()
         .find_map(|name| claims.get(name).and_then(Value::as_str))
-        .map(str::to_owned);
-    let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+        .map(Box::from);
+    let subject = claims.get("sub").and_then(Value::as_str).map(Box::from);
     let claims = match kept {
         None => claims,
         // A fresh map, not `retain`: an emptied BTreeMap keeps its node

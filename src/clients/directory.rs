@@ -8,6 +8,7 @@
 //! gateway fails closed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
@@ -58,7 +59,9 @@ pub struct DirectoryStats {
 pub struct ClientDirectory {
     source: Source,
     policy: CachePolicy,
-    cache: Cache<String, Entry>,
+    /// Keyed by the client id the record's `client_id` shares (one copy
+    /// of the string per cached client, see [`share_key`]).
+    cache: Cache<Arc<str>, Entry>,
     /// When the last load of a client failed, and why: requests that were
     /// already waiting for that load share its failure instead of each
     /// asking the failing source again.
@@ -138,9 +141,11 @@ impl ClientDirectory {
         let arrival = Instant::now();
         let mut served_stale = false;
         let mut refused: Option<Lookup> = None;
+        // The key is made only here, on a load, never on a hit.
+        let key: Arc<str> = Arc::from(client_id);
         let result = self
             .cache
-            .entry_by_ref(client_id)
+            .entry(Arc::clone(&key))
             .and_try_compute_with(|current| {
                 let served_stale = &mut served_stale;
                 let refused = &mut refused;
@@ -185,10 +190,14 @@ impl ClientDirectory {
                                 Op::Nop
                             })
                         }
-                        Ok(lookup) => Ok(Op::Put(Entry {
-                            fetched: Instant::now(),
-                            lookup,
-                        })),
+                        Ok(lookup) => {
+                            // An entry kept by a refresh keeps its key.
+                            let key = current.as_ref().map_or(&key, |c| c.key());
+                            Ok(Op::Put(Entry {
+                                fetched: Instant::now(),
+                                lookup: share_key(lookup, key),
+                            }))
+                        }
                         Err(reason) => {
                             if shared_failure_is_new(&self.failures, client_id, arrival).await {
                                 self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
@@ -241,15 +250,15 @@ impl ClientDirectory {
     /// metadata carries, compared as the IAM service compares them (see
     /// [`ids_equal`]). Returns how many entries went.
     pub async fn invalidate(&self, name: &str, case_insensitive: bool) -> usize {
-        let mut keys: Vec<String> = Vec::new();
+        let mut keys: Vec<Arc<str>> = Vec::new();
         if self.cache.contains_key(name) {
-            keys.push(name.to_string());
+            keys.push(Arc::from(name));
         }
         for (key, entry) in self.cache.iter() {
-            if key.as_str() == name {
+            if &**key == name {
                 continue;
             }
-            let by_key = ids_equal(key.as_str(), name, case_insensitive);
+            let by_key = ids_equal(&key, name, case_insensitive);
             let by_record = matches!(&entry.lookup, Lookup::Found(meta)
                 if meta.id.as_deref().is_some_and(|id| ids_equal(id, name, case_insensitive)));
             if by_key || by_record {
@@ -257,7 +266,7 @@ impl ClientDirectory {
             }
         }
         for key in &keys {
-            self.cache.invalidate(key).await;
+            self.cache.invalidate(&**key).await;
         }
         keys.len()
     }
@@ -265,6 +274,22 @@ impl ClientDirectory {
     /// Evict everything.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+    }
+}
+
+/// A found record names its client with the cache key's string itself, not
+/// a second copy of it. The record was just read, so it is not shared yet.
+fn share_key(lookup: Lookup, key: &Arc<str>) -> Lookup {
+    match lookup {
+        Lookup::Found(mut meta) => {
+            if let Some(meta) = Arc::get_mut(&mut meta) {
+                if meta.client_id == *key {
+                    meta.client_id = Arc::clone(key);
+                }
+            }
+            Lookup::Found(meta)
+        }
+        other => other,
     }
 }
 
@@ -279,4 +304,34 @@ async fn shared_failure_is_new(
         .get(client_id)
         .await
         .is_none_or(|(at, _)| at < arrival)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::meta::{from_json, FieldPointers};
+
+    fn found(client_id: &str) -> Lookup {
+        let record = serde_json::json!({"clientId": client_id, "enabled": true});
+        Lookup::Found(Arc::new(
+            from_json(client_id, &record, &FieldPointers::default()).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_loaded_record_shares_the_cache_key_string() {
+        let key: Arc<str> = Arc::from("c1");
+        let Lookup::Found(meta) = share_key(found("c1"), &key) else {
+            panic!("still found");
+        };
+        assert!(Arc::ptr_eq(&meta.client_id, &key));
+        // Another spelling (a UUID in other case) keeps its own string.
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let upper: Arc<str> = Arc::from(uuid.to_uppercase());
+        let Lookup::Found(meta) = share_key(found(uuid), &upper) else {
+            panic!("still found");
+        };
+        assert_eq!(&*meta.client_id, uuid);
+        assert_eq!(share_key(Lookup::NotFound, &key), Lookup::NotFound);
+    }
 }

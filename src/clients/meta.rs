@@ -1,10 +1,12 @@
 //! What the IAM service knows about an API client, and the client's own rules.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::error::GatewayError;
+use crate::policy::entitlement_sets::{self, EntitlementSet};
 use crate::policy::ip::{parse_entry, IpList};
 
 /// A client's IP filter (IBM Verify `ipFilterOp` / `ipFilters`).
@@ -31,16 +33,19 @@ impl IpFilter {
     }
 }
 
-/// One API client's metadata.
+/// One API client's metadata. Compact, since up to `max_entries` of them
+/// are cached: strings boxed to their length, the entitlement list shared
+/// with every token and client holding the same one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientMeta {
-    /// The OAuth client id the token names.
-    pub client_id: String,
+    /// The OAuth client id the token names (shared with the directory's
+    /// cache key).
+    pub client_id: Arc<str>,
     /// The service's record id (IBM Verify's `id`, distinct from `clientId`).
-    pub id: Option<String>,
+    pub id: Option<Box<str>>,
     pub enabled: bool,
     /// The entitlements currently granted to the client.
-    pub entitlements: Vec<String>,
+    pub entitlements: EntitlementSet,
     pub ip_filter: IpFilter,
 }
 
@@ -58,7 +63,7 @@ impl ClientMeta {
 
     /// The identifiers that name this client (for `deny_self` and invalidation).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.client_id.as_str()).chain(self.id.as_deref())
+        std::iter::once(&*self.client_id).chain(self.id.as_deref())
     }
 }
 
@@ -115,10 +120,10 @@ pub fn from_json(client_id: &str, object: &Value, f: &FieldPointers) -> Result<C
     };
     if !enabled {
         return Ok(ClientMeta {
-            client_id: client_id.to_string(),
+            client_id: client_id.into(),
             id: record_id(object, f).ok().flatten(),
             enabled: false,
-            entitlements: Vec::new(),
+            entitlements: entitlement_sets::intern(Vec::new()),
             ip_filter: IpFilter::Off,
         });
     }
@@ -144,19 +149,19 @@ pub fn from_json(client_id: &str, object: &Value, f: &FieldPointers) -> Result<C
     };
     let id = record_id(object, f)?;
     Ok(ClientMeta {
-        client_id: client_id.to_string(),
+        client_id: client_id.into(),
         id,
         enabled,
-        entitlements,
+        entitlements: entitlement_sets::intern(entitlements),
         ip_filter,
     })
 }
 
-fn record_id(object: &Value, f: &FieldPointers) -> Result<Option<String>, String> {
+fn record_id(object: &Value, f: &FieldPointers) -> Result<Option<Box<str>>, String> {
     match object.pointer(&f.id) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::String(s)) => Ok(Some(s.as_str().into())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string().into())),
         Some(_) => Err(format!("{} is not a string", f.id)),
     }
 }
@@ -211,7 +216,7 @@ mod tests {
         });
         let m = from_json("c1", &v, &FieldPointers::default()).unwrap();
         assert_eq!(m.id.as_deref(), Some("rec-1"));
-        assert_eq!(m.entitlements, vec!["readAPIClients"]);
+        assert_eq!(*m.entitlements, ["readAPIClients"]);
         assert!(m.admit(ip("10.1.2.3")).is_ok());
         assert!(m.admit(ip("::ffff:10.1.2.3")).is_ok());
         assert_eq!(m.admit(ip("192.0.2.1")), Err(GatewayError::ClientIpDenied));

@@ -20,6 +20,7 @@ use super::{ConfigError, EnvMode, Loaded};
 use crate::policy::body::{BodyPolicy, CatalogRef};
 use crate::policy::catalog::Catalog;
 use crate::policy::client_ip::ClientIpHeader;
+use crate::policy::entitlement_sets;
 use crate::policy::entitlements::Requirement;
 use crate::policy::ip::IpList;
 use crate::policy::redact::{self, ResponsePolicy};
@@ -1043,10 +1044,10 @@ fn clients_config(raw: RawClients, errs: &mut Errors) -> Option<ClientsConfig> {
                     }
                 };
                 list.push(ClientMeta {
-                    client_id: c.client_id.clone(),
-                    id: c.id.clone(),
+                    client_id: c.client_id.as_str().into(),
+                    id: c.id.as_deref().map(Box::from),
                     enabled: c.enabled,
-                    entitlements: c.entitlements.clone(),
+                    entitlements: entitlement_sets::intern(c.entitlements.clone()),
                     ip_filter,
                 });
             }

@@ -560,7 +560,7 @@ mod tests {
             .expect("valid client");
             assert_eq!(meta.enabled, seed.enabled);
             if seed.enabled {
-                assert_eq!(meta.entitlements, seed.entitlements);
+                assert_eq!(*meta.entitlements, *seed.entitlements);
             }
         }
     }

@@ -12,8 +12,9 @@ use ipnet::IpNet;
 /// A compiled set of IP networks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpList {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u128)>,
+    // Boxed slices, sized exactly: a cached client record carries one.
+    v4: Box<[(u32, u32)]>,
+    v6: Box<[(u128, u128)]>,
 }
 
 /// Parse one list entry: a single address (`10.1.2.3`, `::1`) or a network
@@ -55,8 +56,8 @@ impl IpList {
             }
         }
         IpList {
-            v4: merge(v4),
-            v6: merge(v6),
+            v4: merge(v4).into_boxed_slice(),
+            v6: merge(v6).into_boxed_slice(),
         }
     }
 

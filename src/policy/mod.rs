@@ -5,6 +5,7 @@
 pub mod body;
 pub mod catalog;
 pub mod client_ip;
+pub mod entitlement_sets;
 pub mod entitlements;
 pub mod ip;
 pub mod redact;

@@ -206,7 +206,7 @@ fn directory(config: &ClientsConfig, sources: &mut TokenSources) -> ClientDirect
     let source = match &config.source {
         ClientSourceConfig::Static(list) => Source::Static(
             list.iter()
-                .map(|m| (m.client_id.clone(), Arc::new(m.clone())))
+                .map(|m| (m.client_id.to_string(), Arc::new(m.clone())))
                 .collect(),
         ),
         ClientSourceConfig::Http {
