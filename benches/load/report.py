@@ -16,7 +16,7 @@ import sys
 
 CELL_ORDER = [
     "nginx-pass", "pingora-pass", "gw-pass", "gw-rs", "gw-es", "gwc-rs", "gwc-rsq",
-    "haproxy-rs", "haproxy-es", "envoy-rs", "envoy-es",
+    "gwf-pass", "gwf-rs", "gws-pass", "gws-rs", "haproxy-rs", "haproxy-es", "envoy-rs", "envoy-es",
 ]
 DESCRIPTION = {
     "nginx-pass": "nginx passthrough",
@@ -26,6 +26,10 @@ DESCRIPTION = {
     "gw-es": "portcullis full ES256",
     "gwc-rs": "[cluster] full RS256",
     "gwc-rsq": "[cluster] RS256 +quota",
+    "gwf-pass": "auth=none, audit file",
+    "gwf-rs": "full RS256, audit file",
+    "gws-pass": "auth=none, audit stdout",
+    "gws-rs": "full RS256, audit stdout",
     "haproxy-rs": "haproxy jwt RS256",
     "haproxy-es": "haproxy jwt ES256",
     "envoy-rs": "envoy jwt+rbac RS256",
@@ -101,6 +105,37 @@ def quota_problems(r):
     return why
 
 
+# The audit pair: each audit cell and its audit-off twin on the plain gateway.
+AUDIT_PAIRS = (
+    ("passthrough", "gw-pass", "gwf-pass", "gws-pass"),
+    ("full RS256", "gw-rs", "gwf-rs", "gws-rs"),
+)
+AUDIT_TARGET_US = 5.0
+
+
+def audit_problems(r):
+    """Why an audit cell's lines do not match its requests (empty: one line each).
+
+    Exact: lines = requests the gateway counted (portcullis_requests_total). Against
+    wrk: requests cut off when wrk stops (at most one per connection) are answered and
+    logged but not counted by wrk, so lines - wrk requests lies in 0..connections.
+    """
+    a, w = r.get("audit"), r.get("wrk")
+    if not r["cell"].startswith(("gwf-", "gws-")) or not w:
+        return []
+    if not a:
+        return ["no audit line count"]
+    why = []
+    if a.get("gw_requests") is None:
+        why.append("the gateway's request count could not be read")
+    elif a["lines"] != a["gw_requests"]:
+        why.append(f"{a['lines']} audit lines for {a['gw_requests']} requests counted by the gateway")
+    extra = a["lines"] - w["requests"]
+    if not 0 <= extra <= a.get("connections", 0):
+        why.append(f"{a['lines']} audit lines for {w['requests']} requests sent by wrk")
+    return why
+
+
 def loadgen_pct(r):
     w = r.get("wrk")
     if not w or w["duration_us"] <= 0:
@@ -140,6 +175,9 @@ def line(r):
     spr = sig_per_req(r)
     if spr is not None:
         s += f"  sig/req {spr:.2f}"
+    a = r.get("audit")
+    if a:
+        s += f"  audit lines {a['lines']} (gateway requests {a.get('gw_requests')})"
     if r.get("rate"):
         s += f"  (paced at {r['rate']} req/s)"
     if not r["alive"]:
@@ -247,7 +285,7 @@ def report(results, meta, memory):
 
     # --- key ratios ---
     p("")
-    p("Key ratios (per-run ratio, median over runs; targets from issues 7 and 16, reference lines have none):")
+    p("Key ratios (per-run ratio, median over runs; targets from issues 7, 16 and 17, reference lines have none):")
     checks = []
 
     def ratio_check(label, num, den, target, runs_=runs):
@@ -293,6 +331,15 @@ def report(results, meta, memory):
         "[cluster] gateway, no quota / plain gateway (full RS256)",
         *ratio_median(runs, ("gwc-rs", "same"), ("gw-rs", "same")), "x",
     )
+    # Issue 17: the audit log's cost, gateway CPU per request over the same route with it off.
+    for route, off, file_, stdout in AUDIT_PAIRS:
+        v, n = diff_median(runs, (file_, "same"), (off, "same"))
+        checks.append(
+            (f"audit to a file: CPU added per request, {route}", v, f"<= {AUDIT_TARGET_US:.0f} us",
+             None if v is None else v <= AUDIT_TARGET_US, n, " us")
+        )
+    for route, off, file_, stdout in AUDIT_PAIRS:
+        reference(f"audit to stdout: CPU added per request, {route}", *diff_median(runs, (stdout, "same"), (off, "same")), " us")
     ratio_check("full RS256 same-token / HAProxy RS256", ("gw-rs", "same"), ("haproxy-rs", "same"), 2.0)
     ratio_check("full RS256 same-token / Envoy RS256", ("gw-rs", "same"), ("envoy-rs", "same"), 3.0)
     ratio_check("full RS256 distinct-token / HAProxy RS256 distinct", ("gw-rs", "distinct"), ("haproxy-rs", "distinct"), 1.0)
@@ -343,6 +390,28 @@ def report(results, meta, memory):
     if quota_lines:
         p("  Redis quota pair ([cluster] gateway, same RS256 route with and without quota, same token):")
         out.extend(quota_lines)
+    audit_lines_ = []
+    for run, cells in sorted(runs.items()):
+        for route, off, file_, stdout in AUDIT_PAIRS:
+            o = cells.get((off, "same"))
+            if not o or not rps(o):
+                continue
+            parts = [f"off {rps(o):.0f} req/s {cpu_us_per_req(o):.1f} us"]
+            for label, key in (("file", file_), ("stdout", stdout)):
+                c = cells.get((key, "same"))
+                if not c or not rps(c):
+                    continue
+                a = c.get("audit") or {}
+                parts.append(
+                    f"{label} {rps(c):.0f} req/s {cpu_us_per_req(c):.1f} us ({cpu_us_per_req(c) - cpu_us_per_req(o):+.1f} us,"
+                    f" {rps(c) / rps(o):.2f}x), lines {a.get('lines', '-')}/wrk {c['wrk']['requests']}/gateway {a.get('gw_requests', '-')}"
+                )
+            if len(parts) > 1:
+                audit_lines_.append(f"    run {run} {route:<11}: " + " | ".join(parts))
+    if audit_lines_:
+        p("  audit log (gw's config with [log] audit = a file / \"stdout\" (a file: the gateway's log), same token; "
+          "lines written / requests sent by wrk / requests counted by the gateway):")
+        out.extend(audit_lines_)
     if half_lines:
         p("  half-saturation detail (paced with wrk delay(): closed loop with think time, not wrk2's open loop):")
         out.extend(half_lines)
@@ -370,6 +439,7 @@ def report(results, meta, memory):
         if r["workload"] == "distinct" and spr is not None and spr < 0.95:
             why.append(f"only {spr:.2f} signature checks per request: cache hits (raise POOL or lower GW_TOKEN_CACHE)")
         why.extend(quota_problems(r))
+        why.extend(audit_problems(r))
         if why:
             bad.append((r, why))
     if bad:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Portcullis load harness: the gateway against nginx, HAProxy and Envoy doing the same
 # work (and a bare pingora proxy, the framework's own floor), on loopback, pinned,
-# interleaved; and the full policy with a Redis quota ([cluster]) against the same route
-# without one. See benches/load/README.md.
+# interleaved; the full policy with a Redis quota ([cluster]) against the same route
+# without one; and the gateway with its audit log written to a file and to stdout against
+# the same gateway with it off. See benches/load/README.md.
 #
-#   make bench-load                       # the whole thing (about 10 minutes)
+#   make bench-load                       # the whole thing (about 12 minutes)
 #   DURATION=3 RUNS=1 make bench-load     # a quick trial
 #
 # Every server binds 127.0.0.1 only and every request goes to 127.0.0.1: this script
@@ -27,17 +28,17 @@ MEM=${MEM:-1}                      # 1: memory phase (100k tokens + 100k clients
 MEM_TOKENS=${MEM_TOKENS:-100000}   # distinct tokens / clients in the memory phase
 MEM_SECONDS=${MEM_SECONDS:-120}    # upper bound of the memory phase's load
 MEM_MODE=${MEM_MODE:-both}         # what the memory phase caches: both | tokens | clients
-BASE_PORT=${BASE_PORT:-18400}      # ports BASE_PORT .. BASE_PORT+12 on 127.0.0.1
+BASE_PORT=${BASE_PORT:-18400}      # ports BASE_PORT .. BASE_PORT+16 on 127.0.0.1
 LOAD_CPU=${LOAD_CPU:-0}            # wrk's CPU
 SERVER_CPU=${SERVER_CPU:-1}        # every server's CPU (upstream included)
 REDIS_CPU=${REDIS_CPU:-$LOAD_CPU}   # redis-server's CPU (target quota): off the gateway's, as on another host
 GW_TOKEN_CACHE=${GW_TOKEN_CACHE:-256}    # gateway token cache (distinct pools are far larger)
 ENVOY_JWT_CACHE=${ENVOY_JWT_CACHE:-1024} # Envoy jwt_cache_size (0: Envoy without its cache)
 IP_ALLOW=${IP_ALLOW:-127.0.0.1/32} # source ACL of every full-policy target
-TARGETS=${TARGETS:-"nginx pingora gw haproxy envoy quota"}
+TARGETS=${TARGETS:-"nginx pingora gw haproxy envoy quota audit"}
 INSTALL=${INSTALL:-1}              # 0: do not apt-get / pip install
 BUILD=${BUILD:-1}                  # 0: use the existing release binary
-KEEP_WORK=${KEEP_WORK:-0}          # 1: keep keys and token pools in the work directory
+KEEP_WORK=${KEEP_WORK:-0}          # 1: keep keys, token pools and whole audit logs in the work directory
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 BARE_PINGORA_BIN=${BARE_PINGORA_BIN:-$ROOT/target/release/examples/bare_pingora}
 AUD=portcullis
@@ -59,7 +60,12 @@ BARE_PORT=$((BASE_PORT + 9))
 GWC_PORT=$((BASE_PORT + 10))       # the gateway with [cluster] (target quota)
 GWC_ADMIN_PORT=$((BASE_PORT + 11))
 REDIS_PORT=$((BASE_PORT + 12))     # its redis-server
-ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT" "$BARE_PORT" "$GWC_PORT" "$GWC_ADMIN_PORT" "$REDIS_PORT")
+GWF_PORT=$((BASE_PORT + 13))       # the gateway with its audit log to a file (target audit)
+GWF_ADMIN_PORT=$((BASE_PORT + 14))
+GWS_PORT=$((BASE_PORT + 15))       # the gateway with its audit log to stdout (target audit)
+GWS_ADMIN_PORT=$((BASE_PORT + 16))
+ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT" "$BARE_PORT" "$GWC_PORT" "$GWC_ADMIN_PORT" "$REDIS_PORT"
+    "$GWF_PORT" "$GWF_ADMIN_PORT" "$GWS_PORT" "$GWS_ADMIN_PORT")
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -75,7 +81,7 @@ done
 ((POOL >= 100)) || die "POOL must be >= 100"
 ((BASE_PORT >= 1024 && BASE_PORT <= 65000)) || die "BASE_PORT must be in 1024..65000"
 for t in $TARGETS; do
-    case $t in nginx | pingora | gw | haproxy | envoy | quota) ;; *) die "unknown target '$t' in TARGETS (nginx pingora gw haproxy envoy quota)" ;; esac
+    case $t in nginx | pingora | gw | haproxy | envoy | quota | audit) ;; *) die "unknown target '$t' in TARGETS (nginx pingora gw haproxy envoy quota audit)" ;; esac
 done
 case $MEM_MODE in both | tokens | clients) ;; *) die "MEM_MODE must be both, tokens or clients (got '$MEM_MODE')" ;; esac
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -173,7 +179,7 @@ fi
 # --- ports ------------------------------------------------------------------------------
 port_busy() { [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
 for p in "${ALL_PORTS[@]}"; do
-    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+12)"
+    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+16)"
 done
 
 # --- work directory, process tracking, cleanup -------------------------------------------
@@ -182,6 +188,12 @@ mkdir -p "$WORK"/{conf,logs,run,keys,tokens,results}
 chmod 755 "$WORK"
 RESULTS=$WORK/results/results.jsonl
 : >"$RESULTS"
+# Target audit: where the two audit gateways' lines go. The stdout one is the gateway's
+# own log file: start() sends a process's stdout (and stderr) there, as a service
+# manager or container runtime sends a gateway's stdout to a file or journal.
+AUDIT_FILE=$WORK/run/audit.jsonl
+AUDIT_STDOUT=$WORK/logs/gws.log
+AUDIT_LINE='^\{"time":"[^"]*","request_id":"' # an audit record (JSON), not a diagnostic line
 
 declare -A PID=() PID_START=() STOP_SIG=()
 STARTED=() # names, in start order
@@ -290,9 +302,20 @@ cleanup() {
     ((${#left[@]} == 0)) || log "warning: still listening after cleanup: ${left[*]}"
     if ((!KEEP_WORK)); then
         rm -rf "$WORK/keys" "$WORK/tokens"
+        trim_audit_logs
     fi
     log "work directory (configs, logs, raw results): $WORK"
     exit "$rc"
+}
+# The audit gateways' logs hold a line per request (hundreds of MB after a full run):
+# keep their first 20 audit lines and every other line (KEEP_WORK=1 keeps them whole).
+trim_audit_logs() {
+    local f
+    for f in "$AUDIT_FILE" "$AUDIT_STDOUT"; do
+        [[ -f $f ]] || continue
+        { grep -m 20 -E "$AUDIT_LINE" "$f" || true; grep -v -E "$AUDIT_LINE" "$f" || true; } >"$f.trimmed" 2>/dev/null &&
+            mv -f "$f.trimmed" "$f"
+    done
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -334,6 +357,7 @@ fi
 
 # --- configs ----------------------------------------------------------------------------
 export T_WORK=$WORK T_UP_PORT=$UP_PORT T_NGX_PORT=$NGX_PORT T_GW_PORT=$GW_PORT T_GW_ADMIN_PORT=$GW_ADMIN_PORT
+export T_GW_NAME=gw T_GW_AUDIT=off # the plain gateway: audit log off
 export T_HAP_PORT=$HAP_PORT T_ENVOY_PORT=$ENVOY_PORT T_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT
 export T_MEM_PORT=$MEM_PORT T_MEM_ADMIN_PORT=$MEM_ADMIN_PORT
 export T_GWC_PORT=$GWC_PORT T_GWC_ADMIN_PORT=$GWC_ADMIN_PORT T_REDIS_PORT=$REDIS_PORT
@@ -355,10 +379,26 @@ export T_ENVOY_CACHE_ES=$T_ENVOY_CACHE_RS
 for t in nginx-upstream.conf nginx-proxy.conf haproxy.cfg envoy.yaml portcullis.toml portcullis-mem.toml portcullis-cluster.toml; do
     python3 "$HERE/render.py" "$HERE/templates/$t" "$WORK/conf/$t" || die "rendering $t failed"
 done
+if has_target audit; then
+    # The gateway's own template again, with the audit log on: to a file, and to stdout.
+    T_GW_NAME=gwf T_GW_PORT=$GWF_PORT T_GW_ADMIN_PORT=$GWF_ADMIN_PORT T_GW_AUDIT=$AUDIT_FILE \
+        python3 "$HERE/render.py" "$HERE/templates/portcullis.toml" "$WORK/conf/portcullis-audit-file.toml" ||
+        die "rendering portcullis-audit-file.toml failed"
+    T_GW_NAME=gws T_GW_PORT=$GWS_PORT T_GW_ADMIN_PORT=$GWS_ADMIN_PORT T_GW_AUDIT=stdout \
+        python3 "$HERE/render.py" "$HERE/templates/portcullis.toml" "$WORK/conf/portcullis-audit-stdout.toml" ||
+        die "rendering portcullis-audit-stdout.toml failed"
+fi
 
 "$PORTCULLIS_BIN" check --config "$WORK/conf/portcullis.toml" >"$WORK/logs/gw-check.log" 2>&1 ||
     die "portcullis check refused the benchmark config:
 $(cat "$WORK/logs/gw-check.log")"
+if has_target audit; then
+    for c in audit-file audit-stdout; do
+        "$PORTCULLIS_BIN" check --config "$WORK/conf/portcullis-$c.toml" >"$WORK/logs/gw-$c-check.log" 2>&1 ||
+            die "portcullis check refused the $c config:
+$(cat "$WORK/logs/gw-$c-check.log")"
+    done
+fi
 if has_target quota; then
     # A fresh password per run: the gateway reads it from BENCH_REDIS_PASSWORD
     # ([cluster] redis_password_env), redis-server gets it as requirepass.
@@ -438,6 +478,17 @@ if has_target quota; then
     RUST_LOG=${BENCH_RUST_LOG:-warn} start gwc "$SERVER_CPU" "$PORTCULLIS_BIN" run --config "$WORK/conf/portcullis-cluster.toml"
     wait_http gwc "http://127.0.0.1:$GWC_ADMIN_PORT/readyz" 200
     wait_http gwc "http://127.0.0.1:$GWC_PORT/rs/x"
+fi
+if has_target audit; then
+    # The audit pair: gw's config with [log] audit = a file (gwf) and = "stdout" (gws;
+    # start() sends its stdout to logs/gws.log), pinned as gw is.
+    STOP_SIG[gwf]=INT STOP_SIG[gws]=INT
+    RUST_LOG=${BENCH_RUST_LOG:-warn} start gwf "$SERVER_CPU" "$PORTCULLIS_BIN" run --config "$WORK/conf/portcullis-audit-file.toml"
+    RUST_LOG=${BENCH_RUST_LOG:-warn} start gws "$SERVER_CPU" "$PORTCULLIS_BIN" run --config "$WORK/conf/portcullis-audit-stdout.toml"
+    wait_http gwf "http://127.0.0.1:$GWF_ADMIN_PORT/readyz" 200
+    wait_http gwf "http://127.0.0.1:$GWF_PORT/pass/x" 200
+    wait_http gws "http://127.0.0.1:$GWS_ADMIN_PORT/readyz" 200
+    wait_http gws "http://127.0.0.1:$GWS_PORT/pass/x" 200
 fi
 
 # --- 5. correctness checks --------------------------------------------------------------
@@ -531,6 +582,53 @@ check_quota() {
     check_line "$t" "no fallback, no Redis error" "0 0" "$fb $err" "$((fb == 0 && err == 0))"
 }
 
+# The audit pair. The writer writes what queued every 20 ms (src/audit.rs WRITE_EVERY):
+# once the file's size has not changed for 0.1 s it holds the line of every request
+# answered before (bounded wait).
+audit_settle() {
+    local f=$1 i s0 s1
+    s0=$(stat -c %s "$f" 2>/dev/null || echo 0)
+    for ((i = 0; i < 50; i++)); do
+        sleep 0.1
+        s1=$(stat -c %s "$f" 2>/dev/null || echo 0)
+        [[ $s1 == "$s0" ]] && return 0
+        s0=$s1
+    done
+}
+audit_lines() { # file -> number of audit records in it
+    local n
+    n=$(grep -c -E "$AUDIT_LINE" "$1" 2>/dev/null) || true
+    echo "${n:-0}"
+}
+audit_file_of() { # target -> its audit lines' file (empty: audit off)
+    case $1 in gwf) echo "$AUDIT_FILE" ;; gws) echo "$AUDIT_STDOUT" ;; esac
+}
+# Both audit gateways pass gw's checks; every request they answered (the checks and
+# the start-up probes) is exactly one audit line, none holds a token, and gw (audit
+# off) wrote none.
+check_audit() {
+    local t port admin f n req tok
+    for t in gwf gws; do
+        port=$GWF_PORT
+        [[ $t == gws ]] && port=$GWS_PORT
+        expect "$t" "$port" "/pass$PATH_TAIL" - 200 "passthrough (auth none)"
+        check_full "$t" "$port"
+    done
+    for t in gwf gws; do
+        admin=$GWF_ADMIN_PORT
+        [[ $t == gws ]] && admin=$GWS_ADMIN_PORT
+        f=$(audit_file_of "$t")
+        audit_settle "$f"
+        n=$(audit_lines "$f")
+        req=$(metric_where "$admin" portcullis_requests_total "")
+        check_line "$t" "audit lines = requests" "$req" "$n" "$((n == req && n > 0))"
+        tok=$(grep -c 'eyJ' "$f" 2>/dev/null) || true
+        check_line "$t" "no token in its log" "0" "${tok:-0}" "$((${tok:-0} == 0))"
+    done
+    n=$(audit_lines "$WORK/logs/gw.log")
+    check_line gw "audit off: no audit line" "0" "$n" "$((n == 0))"
+}
+
 log "checking every target's answers before timing"
 has_target nginx && expect nginx "$NGX_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
 has_target pingora && expect pingora "$BARE_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
@@ -543,6 +641,7 @@ fi
 has_target haproxy && check_full haproxy "$HAP_PORT"
 has_target envoy && check_full envoy "$ENVOY_PORT"
 has_target quota && check_quota
+has_target audit && check_audit
 sed 's/^/  /' "$CHECK_LOG" >&2
 if ((${#CHECK_FAILS[@]})); then
     printf '  FAILED: %s\n' "${CHECK_FAILS[@]}" >&2
@@ -595,6 +694,16 @@ if has_target quota; then
     CELLS+=("gwc-rs gwc $GWC_PORT /rs$PATH_TAIL same rs")
     CELLS+=("gwc-rsq gwc $GWC_PORT /rsq$PATH_TAIL same rs")
 fi
+# The audit pair: passthrough and full RS256, same token, audit log to a file and to
+# stdout; gw-pass and gw-rs are the same with it off.
+if has_target audit; then
+    for t in gwf gws; do
+        port=$GWF_PORT
+        [[ $t == gws ]] && port=$GWS_PORT
+        CELLS+=("$t-pass $t $port /pass$PATH_TAIL same rs")
+        CELLS+=("$t-rs $t $port /rs$PATH_TAIL same rs")
+    done
+fi
 for a in rs es; do
     CELLS+=("gw-$a gw $GW_PORT /$a$PATH_TAIL distinct $a")
     has_target haproxy && CELLS+=("haproxy-$a haproxy $HAP_PORT /$a$PATH_TAIL distinct $a")
@@ -623,7 +732,18 @@ measure() {
     local sig0="" sig1="" admin=""
     [[ $target == gw ]] && admin=$GW_ADMIN_PORT
     [[ $target == gwc ]] && admin=$GWC_ADMIN_PORT
+    [[ $target == gwf ]] && admin=$GWF_ADMIN_PORT
+    [[ $target == gws ]] && admin=$GWS_ADMIN_PORT
     [[ -n $admin ]] && sig0=$(metric "$admin" portcullis_token_signature_checks_total)
+    # The audit pair: audit lines and the gateway's own request count, before and
+    # after (each read once the writer has written what queued).
+    local afile al0="" al1="" ar0="" ar1="" audit=null
+    afile=$(audit_file_of "$target")
+    if [[ -n $afile ]]; then
+        audit_settle "$afile"
+        al0=$(audit_lines "$afile")
+        ar0=$(metric "$admin" portcullis_requests_total)
+    fi
     # The [cluster] gateway: its redis-server's CPU (aux) and the quota counters.
     local -a apids=()
     local -a q0=() q1=()
@@ -656,6 +776,14 @@ measure() {
         quota=$(printf '{"allowed":%d,"limited":%d,"fallbacks":%d,"redis_errors":%d}' \
             $((q1[0] - q0[0])) $((q1[1] - q0[1])) $((q1[2] - q0[2])) $((q1[3] - q0[3])))
     fi
+    if [[ -n $afile ]]; then
+        audit_settle "$afile"
+        al1=$(audit_lines "$afile")
+        ar1=$(metric "$admin" portcullis_requests_total)
+        local areq=null
+        [[ -n $ar0 && -n $ar1 ]] && areq=$((ar1 - ar0))
+        audit=$(printf '{"lines":%d,"gw_requests":%s,"connections":%d}' $((al1 - al0)) "$areq" "$CONNECTIONS")
+    fi
     printf '%s\n' "$out" >"$WORK/logs/wrk-$phase-$run-$name-$workload.txt"
     local alive=true
     if ! is_ours "$target"; then
@@ -675,9 +803,9 @@ measure() {
     [[ -n $wj ]] || wj=null
     local sigd=null
     [[ -n $sig0 && -n $sig1 ]] && sigd=$((sig1 - sig0))
-    printf '{"phase":"%s","run":%d,"cell":"%s","target":"%s","workload":"%s","alg":"%s","rate":%d,"duration":%d,"wrk_rc":%d,"alive":%s,"cpu_ticks":%d,"upstream_ticks":%d,"aux_ticks":%d,"clk_tck":%d,"loadgen_cpu_ms":%d,"sig_checks":%s,"quota":%s,"wrk":%s}\n' \
+    printf '{"phase":"%s","run":%d,"cell":"%s","target":"%s","workload":"%s","alg":"%s","rate":%d,"duration":%d,"wrk_rc":%d,"alive":%s,"cpu_ticks":%d,"upstream_ticks":%d,"aux_ticks":%d,"clk_tck":%d,"loadgen_cpu_ms":%d,"sig_checks":%s,"quota":%s,"audit":%s,"wrk":%s}\n' \
         "$phase" "$run" "$name" "$target" "$workload" "$alg" "$rate" "$DURATION" "$rc" "$alive" \
-        $((t1 - t0)) $((u1 - u0)) $((a1 - a0)) "$CLK_TCK" $((c1 - c0)) "$sigd" "$quota" "$wj" >>"$RESULTS"
+        $((t1 - t0)) $((u1 - u0)) $((a1 - a0)) "$CLK_TCK" $((c1 - c0)) "$sigd" "$quota" "$audit" "$wj" >>"$RESULTS"
     python3 "$HERE/report.py" --line "$(tail -n 1 "$RESULTS")" >&2 || true
 }
 
