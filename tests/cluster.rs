@@ -34,7 +34,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::child::{run_portcullis, GatewayProcess, Scratch};
+use common::child::{explain_quota_line, GatewayProcess, Scratch};
 use common::redis::{RedisServer, RedisTls};
 use common::*;
 use serde_json::json;
@@ -1061,25 +1061,7 @@ fn explain_with_a_cluster_spends_no_quota_in_redis() {
     let config = dir.write("portcullis.toml", builder.build().as_bytes());
     let t = token("explainer");
     for i in 0..5 {
-        let out = run_portcullis(
-            &[
-                "explain".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--token".as_ref(),
-                t.as_ref(),
-                "GET".as_ref(),
-                "/q/x".as_ref(),
-            ],
-            &[],
-            Duration::from_secs(30),
-        );
-        assert_eq!(out.code, Some(0), "explain #{i}:\n{}", out.all());
-        let quota_line = out.stdout.lines().find(|l| {
-            let mut w = l.split_whitespace();
-            let _mark = w.next();
-            w.next() == Some("quota")
-        });
+        let (quota_line, stdout) = explain_quota_line(&config, &t, "/q/x");
         // The line names the quota (`q`), its rate (0.5) and burst (3).
         let names = |l: &str| {
             let words: Vec<&str> = l
@@ -1088,9 +1070,8 @@ fn explain_with_a_cluster_spends_no_quota_in_redis() {
             ["q", "0.5", "3"].iter().all(|w| words.contains(w))
         };
         assert!(
-            quota_line.is_some_and(names),
-            "explain #{i}: no quota step line naming quota q, 0.5 and 3:\n{}",
-            out.stdout
+            quota_line.as_deref().is_some_and(names),
+            "explain #{i}: no quota step line naming quota q, 0.5 and 3:\n{stdout}"
         );
     }
     let keys = quota_keys(&redis);

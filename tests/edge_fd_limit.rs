@@ -480,6 +480,46 @@ fn lines_at(gw: &LimitedGateway, level: &str) -> Vec<String> {
         .collect()
 }
 
+/// A flood against a gateway whose global cap (`what`) admits `cap`
+/// connections: `cap` are held and every other one is closed at once and
+/// counted, the descriptors stay below the file limit, a legitimate request
+/// is served or refused at once (the flood may hold every slot), and once the
+/// flood ends the gateway serves within 1 s and gives every descriptor back.
+fn flood_the_global_cap(gw: &mut LimitedGateway, up: &MockUpstream, cap: usize, what: &str) {
+    let baseline_fds = gw.open_fds();
+    let mut flood = Flood::start(gw.proxy);
+    let (outcomes, peak_fds) = legitimate_traffic(gw, Duration::from_secs(7));
+    let report = flood.finish();
+    eprintln!("{what} ({cap}): {report:?}; fds {baseline_fds} before, peak {peak_fds}");
+    assert_eq!(report.opened, FLOOD, "{report:?}");
+    assert_eq!(
+        report.closed_quickly,
+        FLOOD - cap,
+        "{what} did not close the rest at once: {report:?}"
+    );
+    assert!(
+        gw.metric("portcullis_connections_refused_total{reason=\"max_connections\"}")
+            >= (FLOOD - cap) as f64
+    );
+    assert!(
+        peak_fds < FD_LIMIT,
+        "peak {peak_fds} fds: {what} should keep the gateway below its file limit"
+    );
+    for o in &outcomes {
+        assert!(
+            matches!(o, Outcome::Answered(200, _) | Outcome::Refused(_)),
+            "a legitimate request was neither served nor refused at once: {o}\n{}",
+            describe(&outcomes)
+        );
+    }
+    assert_recovered(gw, up);
+    assert!(
+        wait_until(Duration::from_secs(3), || gw.open_fds() <= baseline_fds + 5),
+        "open fds {} after the flood, {baseline_fds} before",
+        gw.open_fds()
+    );
+}
+
 // === the tests ===
 
 #[test]
@@ -574,40 +614,7 @@ fn a_flood_that_fills_the_global_cap_never_wedges_the_listener() {
         &up,
         &["max_connections = 200", "max_connections_per_ip = 100000"],
     );
-    let baseline_fds = gw.open_fds();
-    let mut flood = Flood::start(gw.proxy);
-    // The legitimate client may be refused while the flood holds every slot.
-    let (outcomes, peak_fds) = legitimate_traffic(&gw, Duration::from_secs(7));
-    let report = flood.finish();
-    eprintln!("global cap: {report:?}; fds {baseline_fds} before, peak {peak_fds}");
-    assert_eq!(report.opened, FLOOD, "{report:?}");
-    assert_eq!(
-        report.closed_quickly,
-        FLOOD - 200,
-        "the global cap did not close the rest at once: {report:?}"
-    );
-    assert!(
-        gw.metric("portcullis_connections_refused_total{reason=\"max_connections\"}")
-            >= (FLOOD - 200) as f64
-    );
-    assert!(
-        peak_fds < FD_LIMIT,
-        "peak {peak_fds} fds: max_connections should keep the gateway below its file limit"
-    );
-    for o in &outcomes {
-        assert!(
-            matches!(o, Outcome::Answered(200, _) | Outcome::Refused(_)),
-            "a legitimate request was neither served nor refused at once: {o}\n{}",
-            describe(&outcomes)
-        );
-    }
-    assert_recovered(&mut gw, &up);
-    // Every connection of the flood is given back.
-    assert!(
-        wait_until(Duration::from_secs(3), || gw.open_fds() <= baseline_fds + 5),
-        "open fds {} after the flood, {baseline_fds} before",
-        gw.open_fds()
-    );
+    flood_the_global_cap(&mut gw, &up, 200, "max_connections");
 }
 
 #[test]
@@ -630,36 +637,5 @@ fn max_connections_above_the_file_limit_is_capped_at_what_the_limit_carries() {
         "no startup warning naming the effective cap {FD_BUDGET}:\n{}",
         gw.log_text()
     );
-    let baseline_fds = gw.open_fds();
-    let mut flood = Flood::start(gw.proxy);
-    let (outcomes, peak_fds) = legitimate_traffic(&gw, Duration::from_secs(7));
-    let report = flood.finish();
-    eprintln!("caps above the file limit: {report:?}; fds {baseline_fds} before, peak {peak_fds}");
-    assert_eq!(report.opened, FLOOD, "{report:?}");
-    assert_eq!(
-        report.closed_quickly,
-        FLOOD - FD_BUDGET,
-        "the effective cap did not close the rest at once: {report:?}"
-    );
-    assert!(
-        gw.metric("portcullis_connections_refused_total{reason=\"max_connections\"}")
-            >= (FLOOD - FD_BUDGET) as f64
-    );
-    assert!(
-        peak_fds < FD_LIMIT,
-        "peak {peak_fds} fds: the effective cap should keep the gateway below its file limit"
-    );
-    for o in &outcomes {
-        assert!(
-            matches!(o, Outcome::Answered(200, _) | Outcome::Refused(_)),
-            "a legitimate request was neither served nor refused at once: {o}\n{}",
-            describe(&outcomes)
-        );
-    }
-    assert_recovered(&mut gw, &up);
-    assert!(
-        wait_until(Duration::from_secs(3), || gw.open_fds() <= baseline_fds + 5),
-        "open fds {} after the flood, {baseline_fds} before",
-        gw.open_fds()
-    );
+    flood_the_global_cap(&mut gw, &up, FD_BUDGET, "the effective cap");
 }

@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::child::{metric_value, run_portcullis, BinaryOutcome, Scratch};
+use common::child::{explain_quota_line, metric_value, run_portcullis, BinaryOutcome, Scratch};
 use common::*;
 
 // === the gateway under test ===
@@ -1167,15 +1167,6 @@ fn check_refuses_bad_quota_and_cluster_settings_naming_the_key() {
 
 // === portcullis explain ===
 
-/// The `quota` step line of `explain`'s output (`  ✓ quota   …`).
-fn quota_line(stdout: &str) -> Option<&str> {
-    stdout.lines().find(|l| {
-        let mut words = l.split_whitespace();
-        let _mark = words.next();
-        words.next() == Some("quota")
-    })
-}
-
 #[test]
 fn explain_shows_the_quota_step_and_spends_nothing() {
     let dir = Scratch::new("quota-explain");
@@ -1209,33 +1200,16 @@ quota = "explained"
     let config = dir.write("portcullis.toml", config_text.as_bytes());
     let t = token("client-1");
     for i in 0..15 {
-        let out = run_portcullis(
-            &[
-                "explain".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--token".as_ref(),
-                t.as_ref(),
-                "GET".as_ref(),
-                "/limited/x".as_ref(),
-            ],
-            &[],
-            Duration::from_secs(30),
-        );
-        assert_eq!(out.code, Some(0), "explain #{i}:\n{}", out.all());
-        let line = quota_line(&out.stdout)
-            .unwrap_or_else(|| panic!("explain #{i} prints no quota step line:\n{}", out.stdout));
+        let (line, stdout) = explain_quota_line(&config, &t, "/limited/x");
+        let line =
+            line.unwrap_or_else(|| panic!("explain #{i} prints no quota step line:\n{stdout}"));
         for needle in ["explained", "client", "0.7", "13"] {
             assert!(
                 line.contains(needle),
                 "the quota line does not name {needle:?} (quota, key, rate, burst): {line:?}"
             );
         }
-        assert!(
-            !out.stdout.contains(&t),
-            "explain printed the token:\n{}",
-            out.stdout
-        );
+        assert!(!stdout.contains(&t), "explain printed the token:\n{stdout}");
     }
     // 15 explanations later, a gateway on the same config admits the
     // whole burst of 13.

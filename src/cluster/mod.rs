@@ -121,7 +121,7 @@ impl Cluster {
 
     /// One GCRA decision in Redis (`gcra` in microseconds).
     pub async fn decide(&self, key: &str, gcra: &Gcra) -> Result<Decision, RedisFailure> {
-        let mut conn = self.connection(&self.decide_conn)?;
+        let mut conn = self.connection(&self.decide_conn, "quota")?;
         let started = Instant::now();
         let mut invocation = self.script.key(key);
         invocation.arg(gcra.interval).arg(gcra.tolerance);
@@ -137,7 +137,7 @@ impl Cluster {
 
     /// Publish `message` on the invalidation channel (bounded by `timeout_ms`).
     pub async fn publish(&self, message: &str) -> Result<(), RedisFailure> {
-        let mut conn = self.connection(&self.publish_conn)?;
+        let mut conn = self.connection(&self.publish_conn, "publish")?;
         let started = Instant::now();
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&self.channel).arg(message);
@@ -155,7 +155,7 @@ impl Cluster {
     /// through it), so that the first request does not pay for TCP, TLS and
     /// AUTH within `timeout_ms`. Failures are left for the request path.
     pub async fn warm_up(&self) {
-        let Ok(mut conn) = self.connection(&self.decide_conn) else {
+        let Ok(mut conn) = self.connection(&self.decide_conn, "quota") else {
             return;
         };
         let cmd = redis::cmd("PING");
@@ -171,6 +171,7 @@ impl Cluster {
     fn connection(
         &self,
         slot: &OnceLock<ConnectionManager>,
+        op: &str,
     ) -> Result<ConnectionManager, RedisFailure> {
         let until = self.resting_until.load(Ordering::Relaxed);
         if until != 0 && monotonic_us() < until {
@@ -189,7 +190,7 @@ impl Cluster {
             .set_max_delay(Duration::from_millis(500));
         match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
             Ok(m) => Ok(slot.get_or_init(|| m).clone()),
-            Err(e) => Err(self.failed("quota", RedisFailure::Error, &e.to_string())),
+            Err(e) => Err(self.failed(op, RedisFailure::Error, &e.to_string())),
         }
     }
 

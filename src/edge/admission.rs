@@ -95,11 +95,6 @@ impl Admission {
         self.admit(peer.map(|a| canonical(a.ip())))
     }
 
-    /// Open connections, all addresses (parked ones included).
-    pub fn open(&self) -> usize {
-        self.limits.open()
-    }
-
     fn refused(&self, cap: CapExceeded) {
         self.metrics.connection_refused(cap.label());
         crate::warn_throttled!(

@@ -18,7 +18,6 @@ pub struct Gcra {
     pub interval: u64,
     /// `burst` intervals: how far ahead of now the TAT may run.
     pub tolerance: u64,
-    pub burst: u32,
 }
 
 /// The outcome for one request.
@@ -55,7 +54,6 @@ impl Gcra {
         Gcra {
             interval,
             tolerance: interval.saturating_mul(u64::from(limit.burst)),
-            burst: limit.burst,
         }
     }
 

@@ -164,7 +164,6 @@ pub struct Quotas {
     /// Per route (same index as `config.routes`), for routes with a quota.
     outcomes: Vec<Option<Outcomes>>,
     cluster: Option<Arc<Cluster>>,
-    on_redis_error: OnRedisError,
     pub metrics: Arc<QuotaMetrics>,
 }
 
@@ -212,10 +211,6 @@ impl Quotas {
             quotas,
             outcomes,
             cluster,
-            on_redis_error: config
-                .cluster
-                .as_ref()
-                .map_or(OnRedisError::Local, |c| c.on_redis_error),
             metrics,
         }
     }
@@ -246,7 +241,7 @@ impl Quotas {
                 key.push_str(value);
                 match cluster.decide(&key, remote).await {
                     Ok(d) => d,
-                    Err(failure) => match self.on_redis_error {
+                    Err(failure) => match cluster.config.on_redis_error {
                         OnRedisError::Local => {
                             self.fell_back(failure);
                             quota.store.decide(value, local)

@@ -463,3 +463,32 @@ pub fn run_portcullis<S: AsRef<OsStr>>(
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
     }
 }
+
+/// `portcullis explain --config CONFIG --token TOKEN GET TARGET`, which must
+/// exit 0 (allow): its `quota` step line, if any, and its whole stdout.
+pub fn explain_quota_line(config: &Path, token: &str, target: &str) -> (Option<String>, String) {
+    let out = run_portcullis(
+        &[
+            "explain".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--token".as_ref(),
+            token.as_ref(),
+            "GET".as_ref(),
+            target.as_ref(),
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "explain GET {target}:\n{}", out.all());
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| {
+            let mut words = l.split_whitespace();
+            let _mark = words.next();
+            words.next() == Some("quota")
+        })
+        .map(str::to_string);
+    (line, out.stdout)
+}
