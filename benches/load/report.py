@@ -15,12 +15,13 @@ import statistics
 import sys
 
 CELL_ORDER = [
-    "nginx-pass", "pingora-pass", "gw-pass", "gw-rs", "gw-es", "gwc-rs", "gwc-rsq",
+    "nginx-pass", "pingora-pass", "core-pass", "gw-pass", "gw-rs", "gw-es", "gwc-rs", "gwc-rsq",
     "gwf-pass", "gwf-rs", "gws-pass", "gws-rs", "haproxy-rs", "haproxy-es", "envoy-rs", "envoy-es",
 ]
 DESCRIPTION = {
     "nginx-pass": "nginx passthrough",
     "pingora-pass": "pingora bare passthrough",
+    "core-pass": "pingora-core loop, bare",
     "gw-pass": "portcullis auth=none",
     "gw-rs": "portcullis full RS256",
     "gw-es": "portcullis full ES256",
@@ -309,6 +310,29 @@ def report(results, meta, memory):
         "gateway passthrough CPU - bare pingora CPU",
         *diff_median(runs, ("gw-pass", "same"), ("pingora-pass", "same")), " us",
     )
+    # Issue 17's decision: pingora-core's sessions and pool without pingora-proxy.
+    reference(
+        "bare pingora-core loop CPU / bare pingora CPU",
+        *ratio_median(runs, ("core-pass", "same"), ("pingora-pass", "same"), metric=cpu_us_per_req), "x",
+    )
+    reference(
+        "bare pingora-core loop CPU / nginx CPU",
+        *ratio_median(runs, ("core-pass", "same"), ("nginx-pass", "same"), metric=cpu_us_per_req), "x",
+    )
+    # Issue 17's targets.
+    v, n = ratio_median(runs, ("gw-pass", "same"), ("nginx-pass", "same"), metric=cpu_us_per_req)
+    checks.append(("passthrough CPU per request / nginx's", v, "<= 2.00", None if v is None else v <= 2.0, n, "x"))
+    ratio_check("full RS256 same-token / HAProxy RS256 (issue 17)", ("gw-rs", "same"), ("haproxy-rs", "same"), 1.5)
+    ratio_check("full RS256 same-token / nginx passthrough (issue 17)", ("gw-rs", "same"), ("nginx-pass", "same"), 0.5)
+    for a, A in (("rs", "RS256"), ("es", "ES256")):
+        reference(
+            f"distinct {A}: gateway CPU above its passthrough",
+            *diff_median(runs, (f"gw-{a}", "distinct"), ("gw-pass", "same")), " us",
+        )
+        reference(
+            f"distinct {A}: HAProxy CPU above nginx passthrough",
+            *diff_median(runs, (f"haproxy-{a}", "distinct"), ("nginx-pass", "same")), " us",
+        )
     for a, A in (("rs", "RS256"), ("es", "ES256")):
         ratio_check(f"full {A} same-token / gateway passthrough", (f"gw-{a}", "same"), ("gw-pass", "same"), 0.90)
         ratio_check(f"full {A} same-token / nginx passthrough", (f"gw-{a}", "same"), ("nginx-pass", "same"), 0.80)

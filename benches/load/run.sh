@@ -28,19 +28,20 @@ MEM=${MEM:-1}                      # 1: memory phase (100k tokens + 100k clients
 MEM_TOKENS=${MEM_TOKENS:-100000}   # distinct tokens / clients in the memory phase
 MEM_SECONDS=${MEM_SECONDS:-120}    # upper bound of the memory phase's load
 MEM_MODE=${MEM_MODE:-both}         # what the memory phase caches: both | tokens | clients
-BASE_PORT=${BASE_PORT:-18400}      # ports BASE_PORT .. BASE_PORT+16 on 127.0.0.1
+BASE_PORT=${BASE_PORT:-18400}      # ports BASE_PORT .. BASE_PORT+17 on 127.0.0.1
 LOAD_CPU=${LOAD_CPU:-0}            # wrk's CPU
 SERVER_CPU=${SERVER_CPU:-1}        # every server's CPU (upstream included)
 REDIS_CPU=${REDIS_CPU:-$LOAD_CPU}   # redis-server's CPU (target quota): off the gateway's, as on another host
 GW_TOKEN_CACHE=${GW_TOKEN_CACHE:-256}    # gateway token cache (distinct pools are far larger)
 ENVOY_JWT_CACHE=${ENVOY_JWT_CACHE:-1024} # Envoy jwt_cache_size (0: Envoy without its cache)
 IP_ALLOW=${IP_ALLOW:-127.0.0.1/32} # source ACL of every full-policy target
-TARGETS=${TARGETS:-"nginx pingora gw haproxy envoy quota audit"}
+TARGETS=${TARGETS:-"nginx pingora core gw haproxy envoy quota audit"}
 INSTALL=${INSTALL:-1}              # 0: do not apt-get / pip install
 BUILD=${BUILD:-1}                  # 0: use the existing release binary
 KEEP_WORK=${KEEP_WORK:-0}          # 1: keep keys, token pools and whole audit logs in the work directory
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 BARE_PINGORA_BIN=${BARE_PINGORA_BIN:-$ROOT/target/release/examples/bare_pingora}
+BARE_CORE_BIN=${BARE_CORE_BIN:-$ROOT/target/release/examples/bare_core}
 AUD=portcullis
 ISS_RS=https://bench-rs.portcullis.test
 ISS_ES=https://bench-es.portcullis.test
@@ -64,6 +65,7 @@ GWF_PORT=$((BASE_PORT + 13))       # the gateway with its audit log to a file (t
 GWF_ADMIN_PORT=$((BASE_PORT + 14))
 GWS_PORT=$((BASE_PORT + 15))       # the gateway with its audit log to stdout (target audit)
 GWS_ADMIN_PORT=$((BASE_PORT + 16))
+CORE_PORT=$((BASE_PORT + 17))      # the bare pingora-core proxy loop (target core)
 ALL_PORTS=("$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$HAP_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT" "$BARE_PORT" "$GWC_PORT" "$GWC_ADMIN_PORT" "$REDIS_PORT"
     "$GWF_PORT" "$GWF_ADMIN_PORT" "$GWS_PORT" "$GWS_ADMIN_PORT")
 
@@ -81,7 +83,7 @@ done
 ((POOL >= 100)) || die "POOL must be >= 100"
 ((BASE_PORT >= 1024 && BASE_PORT <= 65000)) || die "BASE_PORT must be in 1024..65000"
 for t in $TARGETS; do
-    case $t in nginx | pingora | gw | haproxy | envoy | quota | audit) ;; *) die "unknown target '$t' in TARGETS (nginx pingora gw haproxy envoy quota audit)" ;; esac
+    case $t in nginx | pingora | core | gw | haproxy | envoy | quota | audit) ;; *) die "unknown target '$t' in TARGETS (nginx pingora core gw haproxy envoy quota audit)" ;; esac
 done
 case $MEM_MODE in both | tokens | clients) ;; *) die "MEM_MODE must be both, tokens or clients (got '$MEM_MODE')" ;; esac
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -170,16 +172,24 @@ if ((BUILD)); then
         (cd "$ROOT" && cargo build --release --quiet --example bare_pingora) >&2 ||
             die "cargo build --release --example bare_pingora failed"
     fi
+    if has_target core; then
+        log "cargo build --release --example bare_core"
+        (cd "$ROOT" && cargo build --release --quiet --example bare_core) >&2 ||
+            die "cargo build --release --example bare_core failed"
+    fi
 fi
 [[ -x $PORTCULLIS_BIN ]] || die "no gateway binary at $PORTCULLIS_BIN"
 if has_target pingora; then
     [[ -x $BARE_PINGORA_BIN ]] || die "no bare pingora binary at $BARE_PINGORA_BIN (cargo build --release --example bare_pingora)"
 fi
+if has_target core; then
+    [[ -x $BARE_CORE_BIN ]] || die "no bare pingora-core binary at $BARE_CORE_BIN (cargo build --release --example bare_core)"
+fi
 
 # --- ports ------------------------------------------------------------------------------
 port_busy() { [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
 for p in "${ALL_PORTS[@]}"; do
-    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+16)"
+    port_busy "$p" && die "port $p is already in use: choose another BASE_PORT (ports BASE_PORT..BASE_PORT+17)"
 done
 
 # --- work directory, process tracking, cleanup -------------------------------------------
@@ -447,6 +457,11 @@ if has_target pingora; then
     start pingora "$SERVER_CPU" "$BARE_PINGORA_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT"
     wait_http pingora "http://127.0.0.1:$BARE_PORT/pass/x" 200
 fi
+if has_target core; then
+    STOP_SIG[core]=INT
+    start core "$SERVER_CPU" "$BARE_CORE_BIN" "127.0.0.1:$CORE_PORT" "127.0.0.1:$UP_PORT"
+    wait_http core "http://127.0.0.1:$CORE_PORT/pass/x" 200
+fi
 STOP_SIG[gw]=INT
 RUST_LOG=${BENCH_RUST_LOG:-warn} start gw "$SERVER_CPU" "$PORTCULLIS_BIN" run --config "$WORK/conf/portcullis.toml"
 wait_http gw "http://127.0.0.1:$GW_ADMIN_PORT/readyz" 200
@@ -632,6 +647,7 @@ check_audit() {
 log "checking every target's answers before timing"
 has_target nginx && expect nginx "$NGX_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
 has_target pingora && expect pingora "$BARE_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
+has_target core && expect core "$CORE_PORT" "/pass$PATH_TAIL" - 200 "passthrough"
 expect gw "$GW_PORT" "/pass$PATH_TAIL" - 200 "passthrough (auth none)"
 check_full gw "$GW_PORT"
 if ((CLI_TOKEN)); then
@@ -682,6 +698,7 @@ metric() { # admin-port metric-name -> value (sum over label sets), empty if una
 CELLS=()
 has_target nginx && CELLS+=("nginx-pass nginx $NGX_PORT /pass$PATH_TAIL same rs")
 has_target pingora && CELLS+=("pingora-pass pingora $BARE_PORT /pass$PATH_TAIL same rs")
+has_target core && CELLS+=("core-pass core $CORE_PORT /pass$PATH_TAIL same rs")
 CELLS+=("gw-pass gw $GW_PORT /pass$PATH_TAIL same rs")
 for a in rs es; do
     CELLS+=("gw-$a gw $GW_PORT /$a$PATH_TAIL same $a")
@@ -709,6 +726,19 @@ for a in rs es; do
     has_target haproxy && CELLS+=("haproxy-$a haproxy $HAP_PORT /$a$PATH_TAIL distinct $a")
     has_target envoy && CELLS+=("envoy-$a envoy $ENVOY_PORT /$a$PATH_TAIL distinct $a")
 done
+# CELLS_ONLY: keep only the named cells ("NAME" or "NAME:WORKLOAD"), for a quick
+# comparison of one change (e.g. CELLS_ONLY="pingora-pass gw-pass").
+if [[ -n ${CELLS_ONLY:-} ]]; then
+    kept=()
+    for c in "${CELLS[@]}"; do
+        read -r name _ _ _ workload _ <<<"$c"
+        for want in $CELLS_ONLY; do
+            if [[ $want == "$name" || $want == "$name:$workload" ]]; then kept+=("$c"); fi
+        done
+    done
+    ((${#kept[@]})) || die "CELLS_ONLY=\"$CELLS_ONLY\" matches no cell"
+    CELLS=("${kept[@]}")
+fi
 declare -A DEAD=()
 
 # measure PHASE RUN CELL [RATE] : one wrk run, one JSON line in results.jsonl
