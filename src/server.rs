@@ -95,15 +95,36 @@ impl BackgroundService for SignalReload {
     }
 }
 
-/// Build the pingora server for `config` (does not start it).
+/// How the server's runtimes schedule their tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtimes {
+    /// One single-threaded tokio runtime per `threads` (pingora's no-steal
+    /// flavour): a connection's tasks stay on the thread that accepted it.
+    /// The load harness measured bare pingora 15 % cheaper per request with
+    /// it (29.4 → 25.1 µs, `benches/load/README.md`). What the gateway runs.
+    PerThread,
+    /// One multi-threaded runtime that steals work between threads. Needed
+    /// when one process starts more than one server in turn (the test
+    /// suite's in-process gateways): pingora keeps the no-steal runtimes'
+    /// handles in a per-thread table that a later server's threads can
+    /// inherit from exited ones, and then spawn onto a runtime that is gone.
+    Stealing,
+}
+
+/// Build the pingora server for `config` (does not start it), for a process
+/// that may start others (work-stealing runtimes).
 pub fn assemble(config: Config) -> Result<Assembled, String> {
-    assemble_with(config, false)
+    assemble_with(config, false, Runtimes::Stealing)
 }
 
 /// Like [`assemble`]; with `upgrade`, take over the listening sockets of a
 /// running instance through `server.upgrade_sock` (pingora's zero-downtime
 /// upgrade: the old process hands them over on SIGQUIT).
-pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String> {
+pub fn assemble_with(
+    config: Config,
+    upgrade: bool,
+    runtimes: Runtimes,
+) -> Result<Assembled, String> {
     // A config validated without its secrets holds placeholders: never serve it.
     config.ensure_servable()?;
     let config = Arc::new(config);
@@ -126,11 +147,7 @@ pub fn assemble_with(config: Config, upgrade: bool) -> Result<Assembled, String>
 
     let conf = ServerConf {
         threads: config.server.threads,
-        // pingora's default, stated because its no-steal flavour was tried: it
-        // measured no better than the noise here, and it keeps a per-thread
-        // handle across runtimes, so a second server started in the same
-        // process (the test suite does that) never gets its listener running.
-        work_stealing: true,
+        work_stealing: runtimes == Runtimes::Stealing,
         // Our signal watch drains the proxy before it hands pingora the
         // signal (crate::shutdown), so pingora's fixed grace period — a sleep
         // that an idle gateway waited out too — is not needed. Stopping the
@@ -301,7 +318,7 @@ pub fn start_in_thread(config: Config) -> Result<GatewayHandle, String> {
 /// and exits, SIGQUIT hands the listeners to an upgraded process and drains,
 /// SIGINT stops at once.
 pub fn run_forever(config: Config, upgrade: bool) -> Result<(), String> {
-    let assembled = assemble_with(config, upgrade)?;
+    let assembled = assemble_with(config, upgrade, Runtimes::PerThread)?;
     let signals = assembled.signals();
     let Assembled {
         mut server,
