@@ -28,3 +28,4 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
+pub mod timer;

@@ -126,7 +126,7 @@ impl Cluster {
         let mut invocation = self.script.key(key);
         invocation.arg(gcra.interval).arg(gcra.tolerance);
         let call = invocation.invoke_async::<i64>(&mut conn);
-        let answer = tokio::time::timeout(self.config.timeout, call).await;
+        let answer = crate::timer::within(self.config.timeout, call).await;
         self.quota_duration.observe(started.elapsed().as_secs_f64());
         match answer {
             Ok(Ok(answer)) => Ok(read_answer(gcra, answer)),
@@ -142,7 +142,7 @@ impl Cluster {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&self.channel).arg(message);
         let call = cmd.query_async::<i64>(&mut conn);
-        let answer = tokio::time::timeout(self.config.timeout, call).await;
+        let answer = crate::timer::within(self.config.timeout, call).await;
         self.observe("publish", started);
         match answer {
             Ok(Ok(_)) => Ok(()),

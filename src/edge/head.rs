@@ -14,8 +14,10 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::time::Instant;
 use tokio::io::AsyncReadExt;
-use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::timer::within;
 
 use crate::error::GatewayError;
 use crate::proxy::headers::request_id_from;
@@ -77,7 +79,7 @@ pub async fn read_head(
     let started = Instant::now();
     let first = tokio::select! {
         biased;
-        read = timeout(waits.idle, read_some(stream, buf)) => read,
+        read = within(waits.idle, read_some(stream, buf)) => read,
         () = shutting_down(shutdown) => {
             // The read above was cancelled before it completed (read_buf is
             // cancel-safe: no byte is lost); wait out the grace instead.
@@ -85,7 +87,7 @@ pub async fn read_head(
             if left.is_zero() {
                 return HeadEnd::Nothing("server shutting down");
             }
-            match timeout(left, read_some(stream, buf)).await {
+            match within(left, read_some(stream, buf)).await {
                 Err(_) => return HeadEnd::Nothing("server shutting down"),
                 read => read,
             }
@@ -126,7 +128,12 @@ pub async fn read_head(
                 request_id_from(std::iter::empty()),
             );
         }
-        match timeout_at(deadline, read_some(stream, buf)).await {
+        match within(
+            deadline.saturating_duration_since(Instant::now()),
+            read_some(stream, buf),
+        )
+        .await
+        {
             Err(_) => {
                 return HeadEnd::Refuse(
                     GatewayError::HeadTimeout,
