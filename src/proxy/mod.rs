@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
@@ -50,7 +50,7 @@ use crate::pipeline::{self, NoTrace, RequestHead};
 use crate::policy::ip::canonical;
 use crate::shutdown::InFlight;
 use ctx::RequestCtx;
-use state::{GatewayState, PeerAddress};
+use state::GatewayState;
 
 /// The gateway service: holds the live state, swapped whole on reload.
 pub struct Gateway {
@@ -290,6 +290,13 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // pingora's default adds a response-compression module, disabled,
+        // whose context is still built for every request: the gateway never
+        // compresses (a redacting route asks its upstream for an identity
+        // answer), so it adds none.
+    }
+
     fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
         // The redaction path forwards through a subrequest; one level only.
         session.subrequest_ctx.is_none()
@@ -362,28 +369,9 @@ impl ProxyHttp for Gateway {
             .next_address(route.upstream)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
         ctx.attempts += 1;
-        let mut peer = match address {
-            PeerAddress::Ip(ip) => HttpPeer::new(*ip, upstream.tls, upstream.host.clone()),
-            PeerAddress::Host(host) => {
-                HttpPeer::new(host.as_str(), upstream.tls, upstream.host.clone())
-            }
-        };
-        peer.options.connection_timeout = Some(upstream.connect_timeout);
-        peer.options.total_connection_timeout = Some(upstream.connect_timeout);
+        let mut peer = address.peer(upstream);
         peer.options.read_timeout = Some(route.read_timeout);
         peer.options.write_timeout = Some(route.read_timeout);
-        peer.options.verify_cert = true;
-        peer.options.verify_hostname = true;
-        // Hop-by-hop fields are stripped by pingora; names nominated in
-        // `Connection` are stripped by `headers::prepare` before the gateway
-        // sets its own (pingora would refuse a nomination of a forwarding
-        // header instead of ignoring it).
-        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
-            strip_hop_by_hop: true,
-            strip_connection_nominated: false,
-            reject_malformed_connection_nominations: false,
-            h1_upgrade: H1UpgradePolicy::Deny,
-        };
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use crate::auth::Verifier;
 use crate::clients::oauth::{Credential, TokenSource};
 use crate::clients::{ClientDirectory, HttpSource, Source};
-use crate::config::model::{ClientSourceConfig, ClientsConfig, UpstreamAuth};
+use crate::config::model::{ClientSourceConfig, ClientsConfig, UpstreamAuth, UpstreamConfig};
 use crate::config::Config;
 use crate::quota::Quotas;
+use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
 
 /// Bound on one request to a token endpoint for an upstream's credential.
 pub const TOKEN_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,9 +41,44 @@ pub struct GatewayState {
 /// One upstream address.
 #[derive(Debug, Clone)]
 pub enum PeerAddress {
-    Ip(std::net::SocketAddr),
+    /// An IP address: its peer (address, SNI, the upstream's options) is
+    /// built here, once, and cloned per request.
+    Ip(Box<HttpPeer>),
     /// `host:port`, resolved when connecting.
     Host(String),
+}
+
+impl PeerAddress {
+    /// The peer of one request to this address of `upstream` (the route's
+    /// timeouts are set by the caller).
+    pub fn peer(&self, upstream: &UpstreamConfig) -> HttpPeer {
+        match self {
+            PeerAddress::Ip(peer) => HttpPeer::clone(peer),
+            PeerAddress::Host(host) => with_upstream_options(
+                HttpPeer::new(host.as_str(), upstream.tls, upstream.host.clone()),
+                upstream,
+            ),
+        }
+    }
+}
+
+/// `peer` with what every request to `upstream` shares.
+fn with_upstream_options(mut peer: HttpPeer, upstream: &UpstreamConfig) -> HttpPeer {
+    peer.options.connection_timeout = Some(upstream.connect_timeout);
+    peer.options.total_connection_timeout = Some(upstream.connect_timeout);
+    peer.options.verify_cert = true;
+    peer.options.verify_hostname = true;
+    // Hop-by-hop fields are stripped by pingora; names nominated in
+    // `Connection` are stripped by `headers::prepare` before the gateway
+    // sets its own (pingora would refuse a nomination of a forwarding
+    // header instead of ignoring it).
+    peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
+        strip_hop_by_hop: true,
+        strip_connection_nominated: false,
+        reject_malformed_connection_nominations: false,
+        h1_upgrade: H1UpgradePolicy::Deny,
+    };
+    peer
 }
 
 impl GatewayState {
@@ -135,8 +171,11 @@ impl GatewayState {
             .map(|u| {
                 u.addresses
                     .iter()
-                    .map(|a| match a.parse() {
-                        Ok(ip) => PeerAddress::Ip(ip),
+                    .map(|a| match a.parse::<std::net::SocketAddr>() {
+                        Ok(ip) => PeerAddress::Ip(Box::new(with_upstream_options(
+                            HttpPeer::new(ip, u.tls, u.host.clone()),
+                            u,
+                        ))),
                         Err(_) => PeerAddress::Host(a.clone()),
                     })
                     .collect()
