@@ -702,6 +702,12 @@ mod tests {
         assert_consistent(&c);
     }
 
+    /// The size the module documentation and the README state.
+    #[test]
+    fn a_slot_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 88);
+    }
+
     #[test]
     fn a_zero_size_or_zero_ttl_turns_the_cache_off() {
         let off = |max_entries, max_ttl| {
