@@ -29,7 +29,7 @@
 //!   passed.
 //! * **One bound for the whole cache**: an atomic count of entries never
 //!   exceeds `max_entries`. Shards may hold a little more than their even
-//!   share (an eighth more) so that a cache of `max_entries` distinct
+//!   share (an eighth more, or 4 √share) so that a cache of `max_entries` distinct
 //!   tokens holds them all although the digests spread unevenly over the
 //!   shards; with one fixed capacity per shard, a full cache of 100,000
 //!   held 99,330.
@@ -121,11 +121,13 @@ impl TokenCache {
             // The largest power of two not above `wanted` (at least 1).
             1usize << wanted.max(1).ilog2()
         };
-        // An even share plus an eighth (and a few, for small shards): the
-        // share of 100,000 is 3,125 and its index is sized for up to 3,584
-        // anyway (4,096 buckets at 7/8 load), so the slack costs nothing.
+        // An even share plus some slack for the uneven spread of digests
+        // over shards: an eighth, at least four standard deviations of a
+        // shard's share (√share), and a few. The share of 100,000 is 3,125
+        // (slack 390), whose index is sized for up to 3,584 anyway (4,096
+        // buckets at 7/8 load); the ring only reserves address space.
         let share = settings.max_entries.div_ceil(count as u64);
-        let capacity = share + share / 8 + 8;
+        let capacity = share + (share / 8).max(4 * share.isqrt()) + 8;
         // ≤ 10,000,000 (config bound) + slack: fits a usize and a u32 slot index.
         let share = usize::try_from(share).unwrap_or(usize::MAX);
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
@@ -574,13 +576,15 @@ mod tests {
     #[test]
     fn a_cache_of_n_holds_n_distinct_tokens() {
         // Digests spread unevenly over the shards; the slack absorbs it.
-        let c = cache(100_000);
-        for n in 0..100_000 {
-            put(&c, n, 0);
+        for max in [1_000, 10_000, 100_000] {
+            let c = cache(max);
+            for n in 0..max {
+                put(&c, n, 0);
+            }
+            assert_eq!(c.entry_count(), max);
+            assert!((0..max).all(|n| c.get_at(&key(n), 0).is_some()));
+            assert_consistent(&c);
         }
-        assert_eq!(c.entry_count(), 100_000);
-        assert!((0..100_000).all(|n| c.get_at(&key(n), 0).is_some()));
-        assert_consistent(&c);
     }
 
     #[test]
