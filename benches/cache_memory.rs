@@ -9,6 +9,9 @@
 //! * `token cache entry`: [`TokenCache`] holding a token like the load
 //!   harness's memory phase (subject, client id, two entitlements, no kept
 //!   claims);
+//! * `moka token cache entry`: the same tokens in the moka cache that
+//!   `TokenCache` was before issue 17 (the same value, per-entry expiry),
+//!   mirrored here for the old-vs-new comparison;
 //! * `client cache entry`: a client record as `ClientDirectory` caches it —
 //!   a moka `future::Cache` keyed by the client id (`Arc<str>`, which the
 //!   record's `client_id` shares), holding the fetch time and a
@@ -46,6 +49,29 @@ fn rss_kib() -> Option<u64> {
 
 struct FiveMinutes;
 
+/// The value of the moka-based `TokenCache` before issue 17.
+#[derive(Clone)]
+#[allow(dead_code)] // held for its size only
+struct MokaCachedToken {
+    token: Arc<VerifiedToken>,
+    key_set: [u8; 32],
+    valid_until: u64,
+    ttl: Duration,
+}
+
+struct MokaPerEntry;
+
+impl moka::Expiry<[u8; 32], MokaCachedToken> for MokaPerEntry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        value: &MokaCachedToken,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
 impl moka::Expiry<[u8; 32], u64> for FiveMinutes {
     fn expire_after_create(&self, _: &[u8; 32], _: &u64, _: Instant) -> Option<Duration> {
         Some(Duration::from_secs(300))
@@ -82,6 +108,25 @@ fn main() {
     });
     assert_eq!(moka.entry_count(), n, "every moka entry stays cached");
 
+    let moka_tokens: moka::sync::Cache<[u8; 32], MokaCachedToken> = moka::sync::Cache::builder()
+        .max_capacity(n)
+        .expire_after(MokaPerEntry)
+        .build();
+    let moka_token_entry = per_entry(n, || {
+        for i in 0..n {
+            let digest = TokenCache::digest(&format!("token-{i}"));
+            let value = MokaCachedToken {
+                token: Arc::new(bench_token(i)),
+                key_set: [0; 32],
+                valid_until: 4_000_000_000,
+                ttl: Duration::from_secs(300),
+            };
+            moka_tokens.insert(digest, value);
+        }
+        moka_tokens.run_pending_tasks();
+    });
+    assert_eq!(moka_tokens.entry_count(), n, "every token stays cached");
+
     let tokens = TokenCache::new(TokenCacheSettings {
         max_entries: n,
         max_ttl: Duration::from_secs(300),
@@ -89,18 +134,7 @@ fn main() {
     .expect("a non-zero cache is on");
     let token_entry = per_entry(n, || {
         for i in 0..n {
-            let token = VerifiedToken {
-                issuer: 0,
-                claims: Default::default(),
-                subject: Some("bench-user".into()),
-                client_id: Some(format!("client-{i:07}").into()),
-                // Interned, as verification does.
-                entitlements: entitlement_sets::intern(vec![
-                    "manageAPIClients".into(),
-                    "readAPIClients".into(),
-                ]),
-                expires_at: 4_000_000_000,
-            };
+            let token = bench_token(i);
             let digest = TokenCache::digest(&format!("token-{i}"));
             tokens.insert(
                 digest,
@@ -127,9 +161,29 @@ fn main() {
         show(token_entry)
     );
     println!(
+        "  moka token cache entry (before issue 17, same tokens)  {}",
+        show(moka_token_entry)
+    );
+    println!(
         "  client cache entry (IBM Verify API client record)     {}",
         show(clients)
     );
+}
+
+/// A token like the load harness's memory phase.
+fn bench_token(i: u64) -> VerifiedToken {
+    VerifiedToken {
+        issuer: 0,
+        claims: Default::default(),
+        subject: Some("bench-user".into()),
+        client_id: Some(format!("client-{i:07}").into()),
+        // Interned, as verification does.
+        entitlements: entitlement_sets::intern(vec![
+            "manageAPIClients".into(),
+            "readAPIClients".into(),
+        ]),
+        expires_at: 4_000_000_000,
+    }
 }
 
 /// A UUID-shaped id, distinct for each `i` and `salt`.

@@ -197,12 +197,12 @@ impl Verifier {
         self.signature_checks.load(Ordering::Relaxed)
     }
 
-    /// Verified tokens currently cached (moka counts lazily: approximate).
+    /// Verified tokens currently cached (expired ones included until dropped).
     pub fn cached_tokens(&self) -> u64 {
         self.cache.as_ref().map_or(0, TokenCache::entry_count)
     }
 
-    /// Exact count after pending cache work is applied (tests, metrics).
+    /// Count of usable entries: expired ones dropped first (tests, metrics).
     pub fn cached_tokens_blocking(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| {
             c.sync();
