@@ -12,9 +12,11 @@
 //! the upstream shows the harness's own share (~0).
 //!
 //! `cargo run --release --example alloc_per_request [N]` (default 20000).
-//! `ALLOC_TRACE=1` also samples one allocation in 200 during each measured
-//! window with its backtrace and prints the 15 most frequent call sites per
-//! target (slow: symbolising a backtrace takes milliseconds).
+//! `ALLOC_TRACE=1` also samples one allocation in 197 during each measured
+//! window with its backtrace and prints the most frequent call sites per
+//! target (15, or `ALLOC_TOP`), each under its owner: the innermost frame in
+//! Portcullis or in pingora-proxy / pingora-core. Slow (symbolising a
+//! backtrace takes milliseconds): use a smaller N, e.g. 4000.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -45,7 +47,9 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 /// Backtrace sampling is on (ALLOC_TRACE=1, measured window only).
 static TRACING: AtomicBool = AtomicBool::new(false);
 static SAMPLE: AtomicU64 = AtomicU64::new(0);
-const SAMPLE_EVERY: u64 = 200;
+/// Prime, so that a request's fixed pattern of allocations is sampled at
+/// every position alike.
+const SAMPLE_EVERY: u64 = 197;
 static SITES: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
 
 thread_local! {
@@ -72,7 +76,7 @@ impl Counting {
         BYTES.fetch_add(size as u64, Relaxed);
         if TRACING.load(Relaxed) && SAMPLE.fetch_add(1, Relaxed) % SAMPLE_EVERY == 0 {
             IN_TRACE.with(|t| t.set(true));
-            record_site(size);
+            record_site();
             IN_TRACE.with(|t| t.set(false));
         }
     }
@@ -120,11 +124,14 @@ fn is_plumbing(function: &str) -> bool {
     SKIP.iter().any(|s| function.contains(s))
 }
 
-/// Records one sampled allocation's call site: the first frames above the
-/// allocator, each with its source line when known.
-fn record_site(size: usize) {
+/// Records one sampled allocation by its owner — the innermost frame in
+/// Portcullis or in pingora's proxy/core crates (libraries they call, such
+/// as `http`, `bytes` or `serde_json`, are not owners) — with the frames
+/// between the allocator and the owner.
+fn record_site() {
     let trace = std::backtrace::Backtrace::force_capture().to_string();
-    let mut frames: Vec<String> = Vec::new();
+    let mut below: Vec<String> = Vec::new();
+    let mut owner = None;
     let mut lines = trace.lines().peekable();
     while let Some(line) = lines.next() {
         let line = line.trim();
@@ -150,18 +157,25 @@ fn record_site(size: usize) {
             .rsplit_once("::h")
             .filter(|(_, h)| h.len() == 16)
             .map_or(function, |(n, _)| n);
-        frames.push(format!("{name}{at}"));
-        if frames.len() == 6 {
+        let frame = format!("{name}{at}");
+        let bare = name.trim_start_matches('<');
+        if ["portcullis::", "pingora_proxy::", "pingora_core::"]
+            .iter()
+            .any(|p| bare.starts_with(p))
+        {
+            owner = Some(frame);
             break;
         }
+        if below.len() < 3 {
+            below.push(frame);
+        }
     }
-    let bucket = match size {
-        0..=64 => "<=64B",
-        65..=512 => "<=512B",
-        513..=4096 => "<=4KiB",
-        _ => ">4KiB",
+    let owner = owner.unwrap_or_else(|| "(no portcullis or pingora frame)".to_string());
+    let key = if below.is_empty() {
+        owner
+    } else {
+        format!("{owner}\n        via {}", below.join("\n        via "))
     };
-    let key = format!("[{bucket}]\n      {}", frames.join("\n      "));
     let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
     *sites.get_or_insert_with(HashMap::new).entry(key).or_insert(0) += 1;
 }
@@ -481,12 +495,31 @@ fn print_sites(name: &str, n: usize) {
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .unwrap_or_default();
+    let top = std::env::var("ALLOC_TOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
     let mut sites: Vec<_> = sites.into_iter().collect();
     sites.sort_by(|a, b| b.1.cmp(&a.1));
     println!("\n== {name}: top call sites (1 sample per {SAMPLE_EVERY} allocations; ≈ per request = samples × {SAMPLE_EVERY} / {n}) ==");
-    for (site, count) in sites.iter().take(15) {
+    for (site, count) in sites.iter().take(top) {
         let per_request = *count as f64 * SAMPLE_EVERY as f64 / n as f64;
         println!("{count:6} samples ≈ {per_request:5.2}/req {site}");
+    }
+    // Every Portcullis owner, however rare: the list to justify or remove.
+    let mut owners: HashMap<&str, u64> = HashMap::new();
+    for (site, count) in &sites {
+        let owner = site.split('\n').next().unwrap_or(site);
+        if owner.contains("portcullis::") {
+            *owners.entry(owner).or_insert(0) += count;
+        }
+    }
+    let mut owners: Vec<_> = owners.into_iter().collect();
+    owners.sort_by(|a, b| b.1.cmp(&a.1));
+    println!("-- {name}: every Portcullis owner --");
+    for (owner, count) in owners {
+        let per_request = count as f64 * SAMPLE_EVERY as f64 / n as f64;
+        println!("{count:6} samples ≈ {per_request:5.2}/req {owner}");
     }
 }
 
