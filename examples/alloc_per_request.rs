@@ -74,7 +74,7 @@ impl Counting {
             ALLOCS.fetch_add(1, Relaxed);
         }
         BYTES.fetch_add(size as u64, Relaxed);
-        if TRACING.load(Relaxed) && SAMPLE.fetch_add(1, Relaxed) % SAMPLE_EVERY == 0 {
+        if TRACING.load(Relaxed) && SAMPLE.fetch_add(1, Relaxed).is_multiple_of(SAMPLE_EVERY) {
             IN_TRACE.with(|t| t.set(true));
             record_site();
             IN_TRACE.with(|t| t.set(false));
@@ -177,7 +177,10 @@ fn record_site() {
         format!("{owner}\n        via {}", below.join("\n        via "))
     };
     let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
-    *sites.get_or_insert_with(HashMap::new).entry(key).or_insert(0) += 1;
+    *sites
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_insert(0) += 1;
 }
 
 #[derive(Clone, Copy)]
@@ -215,7 +218,9 @@ fn start_upstream() -> SocketAddr {
                 let mut buf = [0u8; 16384];
                 let mut filled = 0;
                 loop {
-                    let Ok(n) = conn.read(&mut buf[filled..]) else { return };
+                    let Ok(n) = conn.read(&mut buf[filled..]) else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -500,7 +505,7 @@ fn print_sites(name: &str, n: usize) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
     let mut sites: Vec<_> = sites.into_iter().collect();
-    sites.sort_by(|a, b| b.1.cmp(&a.1));
+    sites.sort_by_key(|s| std::cmp::Reverse(s.1));
     println!("\n== {name}: top call sites (1 sample per {SAMPLE_EVERY} allocations; ≈ per request = samples × {SAMPLE_EVERY} / {n}) ==");
     for (site, count) in sites.iter().take(top) {
         let per_request = *count as f64 * SAMPLE_EVERY as f64 / n as f64;
@@ -515,7 +520,7 @@ fn print_sites(name: &str, n: usize) {
         }
     }
     let mut owners: Vec<_> = owners.into_iter().collect();
-    owners.sort_by(|a, b| b.1.cmp(&a.1));
+    owners.sort_by_key(|o| std::cmp::Reverse(o.1));
     println!("-- {name}: every Portcullis owner --");
     for (owner, count) in owners {
         let per_request = count as f64 * SAMPLE_EVERY as f64 / n as f64;
@@ -549,7 +554,12 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut control = Client::new(upstream, "/pass/x", None, b"200");
-    rows.push(measure("control: client ↔ upstream", &mut control, n, trace));
+    rows.push(measure(
+        "control: client ↔ upstream",
+        &mut control,
+        n,
+        trace,
+    ));
     let mut bare_client = Client::new(bare, "/pass/v1.0/apiclients", None, b"200");
     rows.push(measure("bare pingora (floor)", &mut bare_client, n, trace));
     let mut pass = Client::new(gw, "/pass/v1.0/apiclients", None, b"200");

@@ -424,6 +424,8 @@ impl ProxyHttp for Gateway {
         let forwarding = headers::Forwarding {
             route,
             upstream: &state.config.upstreams[route.upstream],
+            route_name: state.route_name_header(route_index),
+            host: state.host_header(route.upstream),
             request_id: &ctx.request_id,
             client_id: ctx.progress.client_id(),
             subject: ctx.progress.subject(),
@@ -523,6 +525,9 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        // Allocates: the value's copy of the per-request id, the name (not in
+        // pingora's standard set) and its case-map clone, and the growth of the
+        // answer's two header maps (pingora cannot reserve them).
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
         // The caller's quota, not whatever the upstream says about its own.
         if let Some(verdict) = &ctx.rate_limit {

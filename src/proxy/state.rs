@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use crate::auth::Verifier;
 use crate::clients::oauth::{Credential, TokenSource};
 use crate::clients::{ClientDirectory, HttpSource, Source};
@@ -35,6 +37,13 @@ pub struct GatewayState {
     addresses: Vec<Vec<PeerAddress>>,
     /// `[[quotas]]` with their counters, and the `[cluster]` link.
     pub quotas: Arc<Quotas>,
+    /// Header values made once, not per request: each route's name
+    /// (`X-Portcullis-Route`, same index as `config.routes`) and each
+    /// upstream's `Host` (same index as `config.upstreams`). A clone shares
+    /// the bytes. `None` for a text that is no header value (the request
+    /// then fails as it would building it).
+    route_names: Vec<Option<HeaderValue>>,
+    host_headers: Vec<Option<HeaderValue>>,
 }
 
 /// One upstream address.
@@ -143,6 +152,16 @@ impl GatewayState {
             })
             .collect();
         let quotas = Arc::new(Quotas::build(&config, previous.map(|p| &*p.quotas)));
+        let route_names = config
+            .routes
+            .iter()
+            .map(|r| HeaderValue::from_str(&r.name).ok())
+            .collect();
+        let host_headers = config
+            .upstreams
+            .iter()
+            .map(|u| HeaderValue::from_str(&u.host_header).ok())
+            .collect();
         GatewayState {
             config,
             verifier,
@@ -153,6 +172,8 @@ impl GatewayState {
             cursors,
             addresses,
             quotas,
+            route_names,
+            host_headers,
         }
     }
 
@@ -160,6 +181,16 @@ impl GatewayState {
     /// `auth` is one.
     pub fn upstream_token(&self, index: usize) -> Option<&Arc<TokenSource>> {
         self.upstream_tokens.get(index)?.as_ref()
+    }
+
+    /// The `X-Portcullis-Route` value of route `index`.
+    pub fn route_name_header(&self, index: usize) -> Option<&HeaderValue> {
+        self.route_names.get(index)?.as_ref()
+    }
+
+    /// The `Host` value sent to upstream `index`.
+    pub fn host_header(&self, index: usize) -> Option<&HeaderValue> {
+        self.host_headers.get(index)?.as_ref()
     }
 
     /// Next address of upstream `index`, round-robin.
