@@ -71,7 +71,7 @@ pub struct Forwarding<'a> {
     pub route_name: Option<&'a HeaderValue>,
     /// `upstream.host_header` as a header value, made at state build.
     pub host: Option<&'a HeaderValue>,
-    pub request_id: &'a str,
+    pub request_id: &'a RequestId,
     pub client_id: Option<&'a str>,
     pub subject: Option<&'a str>,
     /// Socket peer (canonical).
@@ -160,7 +160,7 @@ pub fn prepare(
         upstream.insert_header("x-forwarded-host", host)?;
     }
     // 5. The gateway's own identity headers.
-    upstream.insert_header(REQUEST_ID, f.request_id)?;
+    upstream.insert_header(REQUEST_ID, f.request_id.header())?;
     match f.route_name {
         Some(name) => upstream.insert_header(ROUTE, name.clone())?,
         None => upstream.insert_header(ROUTE, f.route.name.as_str())?,
@@ -340,27 +340,78 @@ fn set_optional(
     Ok(())
 }
 
+/// A request's id, held as the header value it is sent as (upstream and
+/// back to the client): a clone shares its bytes, so the id costs one
+/// allocation per request when the gateway makes it, none when the client's
+/// is kept (a clone of the value pingora parsed).
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Made from visible ASCII only (`request_id`), so never empty here
+        // unless it is the not-yet-set default.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The `X-Request-Id` value.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    /// Not set yet (an empty id).
+    fn default() -> RequestId {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// A client's `X-Request-Id` is kept when it is a sane token: 1..=128
 /// visible ASCII characters. Otherwise the gateway makes a new one.
-pub fn request_id(downstream: &RequestHeader) -> String {
-    request_id_from(
-        downstream
-            .headers
-            .get_all(REQUEST_ID)
-            .iter()
-            .map(|v| v.as_bytes()),
+pub fn request_id(downstream: &RequestHeader) -> RequestId {
+    let mut values = downstream.headers.get_all(REQUEST_ID).iter();
+    if let (Some(v), None) = (values.next(), values.next()) {
+        if is_sane_request_id(v.as_bytes()) {
+            return RequestId(v.clone());
+        }
+    }
+    let mut hex = [0u8; 32];
+    new_request_id_into(&mut hex);
+    // Owned by a reference-counted buffer from the start: this is the id's
+    // one allocation, and its clones (upstream, answer) share it.
+    RequestId(
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
     )
+}
+
+fn is_sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
 }
 
 /// [`request_id`] over the raw values of every `X-Request-Id` field (the
 /// edge answers before pingora has parsed the head).
 pub fn request_id_from<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> String {
     if let (Some(b), None) = (values.next(), values.next()) {
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
-        {
+        if is_sane_request_id(b) {
             if let Ok(s) = std::str::from_utf8(b) {
                 return s.to_string();
             }
@@ -369,11 +420,18 @@ pub fn request_id_from<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> String
     new_request_id()
 }
 
-/// One allocation per request: the id is per request and is sent upstream,
-/// answered and logged.
+/// For an answer at the edge, before there is a request to carry a `RequestId`.
 fn new_request_id() -> String {
+    let mut hex = [0u8; 32];
+    new_request_id_into(&mut hex);
+    String::from_utf8_lossy(&hex).into_owned()
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn new_request_id_into(out: &mut [u8; 32]) {
     let n: u128 = rand::random();
-    hex::encode(n.to_be_bytes())
+    // Cannot fail: 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(n.to_be_bytes(), out);
 }
 
 #[cfg(test)]

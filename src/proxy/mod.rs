@@ -525,10 +525,10 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        // Allocates: the value's copy of the per-request id, the name (not in
-        // pingora's standard set) and its case-map clone, and the growth of the
-        // answer's two header maps (pingora cannot reserve them).
-        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        // Allocates: the name (not in pingora's standard set) and its
+        // case-map clone, and the growth of the answer's two header maps
+        // (pingora cannot reserve them); the id's value is shared.
+        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.header())?;
         // The caller's quota, not whatever the upstream says about its own.
         if let Some(verdict) = &ctx.rate_limit {
             upstream_response.insert_header("ratelimit-policy", verdict.policy.as_str())?;
