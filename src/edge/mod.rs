@@ -260,6 +260,7 @@ impl EdgeApp {
             duration_seconds: duration,
             upstream_seconds: None,
             redacted: 0,
+            series: None,
         });
         if self.audit.enabled() {
             self.audit.write(&AuditRecord {

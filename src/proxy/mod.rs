@@ -621,6 +621,11 @@ impl ProxyHttp for Gateway {
             duration_seconds: duration,
             upstream_seconds: upstream,
             redacted: ctx.redacted,
+            series: ctx
+                .state
+                .as_ref()
+                .zip(ctx.progress.route)
+                .and_then(|(s, r)| s.route_series(r)),
         });
         if self.audit.enabled() {
             self.audit.write(&AuditRecord {

@@ -12,6 +12,7 @@ use crate::clients::oauth::{Credential, TokenSource};
 use crate::clients::{ClientDirectory, HttpSource, Source};
 use crate::config::model::{ClientSourceConfig, ClientsConfig, UpstreamAuth};
 use crate::config::Config;
+use crate::metrics::RouteSeries;
 use crate::quota::Quotas;
 
 /// Bound on one request to a token endpoint for an upstream's credential.
@@ -44,6 +45,9 @@ pub struct GatewayState {
     /// then fails as it would building it).
     route_names: Vec<Option<HeaderValue>>,
     host_headers: Vec<Option<HeaderValue>>,
+    /// Each route's request metrics, kept once looked up (same index as
+    /// `config.routes`).
+    route_series: Vec<RouteSeries>,
 }
 
 /// One upstream address.
@@ -162,6 +166,7 @@ impl GatewayState {
             .iter()
             .map(|u| HeaderValue::from_str(&u.host_header).ok())
             .collect();
+        let route_series = config.routes.iter().map(|_| RouteSeries::new()).collect();
         GatewayState {
             config,
             verifier,
@@ -174,6 +179,7 @@ impl GatewayState {
             quotas,
             route_names,
             host_headers,
+            route_series,
         }
     }
 
@@ -186,6 +192,11 @@ impl GatewayState {
     /// The `X-Portcullis-Route` value of route `index`.
     pub fn route_name_header(&self, index: usize) -> Option<&HeaderValue> {
         self.route_names.get(index)?.as_ref()
+    }
+
+    /// The request metrics of route `index`.
+    pub fn route_series(&self, index: usize) -> Option<&RouteSeries> {
+        self.route_series.get(index)
     }
 
     /// The `Host` value sent to upstream `index`.
