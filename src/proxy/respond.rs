@@ -12,6 +12,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde::Serialize;
 
+use super::headers::RequestId;
 use crate::error::{GatewayError, TokenFault};
 
 pub const REALM: &str = "portcullis";
@@ -34,15 +35,30 @@ fn as_text<S: serde::Serializer>(err: &&GatewayError, s: S) -> Result<S::Ok, S::
 }
 
 /// The response header and body for `err`; pure, so it is unit-testable.
+pub fn render(
+    err: &GatewayError,
+    request_id: &str,
+) -> pingora_error::Result<(ResponseHeader, Bytes)> {
+    let id = HeaderValue::from_str(request_id).map_err(|_| {
+        pingora_error::Error::explain(
+            pingora_error::ErrorType::InvalidHTTPHeader,
+            "invalid value while insert",
+        )
+    })?;
+    render_with_id(err, request_id, id)
+}
+
+/// [`render`] with the request id's header value already made (a request's
+/// [`RequestId`]: shared, not copied).
 ///
 /// Allocations (`examples/alloc_per_request.rs`): the body (one buffer),
 /// the header maps pingora builds, the copies of the names outside
 /// pingora's standard set (`x-request-id`, `ratelimit*`) and of the
-/// per-request values (request id, length, challenge); constant values are
-/// not copied.
-pub fn render(
+/// per-request values (length, challenge); constant values are not copied.
+fn render_with_id(
     err: &GatewayError,
     request_id: &str,
+    id_header: HeaderValue,
 ) -> pingora_error::Result<(ResponseHeader, Bytes)> {
     let mut body = Vec::with_capacity(160 + request_id.len());
     let json = Body {
@@ -60,7 +76,7 @@ pub fn render(
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header("content-type", HeaderValue::from_static("application/json"))?;
     resp.insert_header("content-length", HeaderValue::from(body.len()))?;
-    resp.insert_header("x-request-id", request_id)?;
+    resp.insert_header("x-request-id", id_header)?;
     resp.insert_header("cache-control", HeaderValue::from_static("no-store"))?;
     if matches!(err, GatewayError::MissingToken) {
         // The most common refusal's challenge is a constant.
@@ -116,8 +132,8 @@ fn quoted_safe(s: &str) -> String {
 /// Write the refusal to the client. The connection is closed when the
 /// refusal concerns framing, or when request body bytes may be left unread
 /// (they would otherwise be parsed as the next request).
-pub async fn send(session: &mut Session, err: &GatewayError, request_id: &str) {
-    let (resp, body) = match render(err, request_id) {
+pub async fn send(session: &mut Session, err: &GatewayError, request_id: &RequestId) {
+    let (resp, body) = match render_with_id(err, request_id.as_str(), request_id.header()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot build error response");
