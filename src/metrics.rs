@@ -8,12 +8,12 @@
 //! config, issuer names, error codes — never paths or client ids.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::proxy::state::GatewayState;
@@ -99,6 +99,43 @@ pub struct RequestRecord<'a> {
     pub upstream_seconds: Option<f64>,
     /// Members removed from the answer (`[routes.response] redact`).
     pub redacted: usize,
+    /// The route's series, once looked up (`None`: looked up by label).
+    pub series: Option<&'a RouteSeries>,
+}
+
+/// Methods with a label of their own; any other is `other`.
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Status classes, as labelled.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+/// Label combinations of `portcullis_requests_total` for one route:
+/// method (7 and `other`) × class × decision.
+const REQUEST_SERIES: usize = (METHODS.len() + 1) * CLASSES.len() * 2;
+
+/// The per-request series of one route (same index as `config.routes`, in
+/// the live state), each looked up by its label values on the route's first
+/// request that needs it and kept: a request then costs no label hashing
+/// and no lookup under the metric's lock. Looking up on first use (not at
+/// state build) keeps `/metrics` as it was: a series appears once counted.
+pub struct RouteSeries {
+    requests: [OnceLock<IntCounter>; REQUEST_SERIES],
+    duration: OnceLock<Histogram>,
+    upstream: OnceLock<Histogram>,
+}
+
+impl RouteSeries {
+    pub fn new() -> RouteSeries {
+        RouteSeries {
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            duration: OnceLock::new(),
+            upstream: OnceLock::new(),
+        }
+    }
+}
+
+impl Default for RouteSeries {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
@@ -263,29 +300,53 @@ impl Metrics {
 
     /// Count one finished request.
     pub fn record(&self, r: &RequestRecord<'_>) {
-        let class = match r.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
+        let class_index = match r.status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
         };
-        let decision = if r.refusal.is_some() {
-            "refuse"
+        let class = CLASSES[class_index];
+        let (decision_index, decision) = if r.refusal.is_some() {
+            (1, "refuse")
         } else {
-            "allow"
+            (0, "allow")
         };
-        self.requests
-            .with_label_values(&[r.route, method_label(r.method), class, decision])
-            .inc();
-        self.request_duration
-            .with_label_values(&[r.route])
-            .observe(r.duration_seconds);
-        if let Some(up) = r.upstream_seconds {
-            self.upstream_duration
-                .with_label_values(&[r.route])
-                .observe(up);
+        let method_index = METHODS
+            .iter()
+            .position(|m| *m == r.method)
+            .unwrap_or(METHODS.len());
+        let method = method_label(r.method);
+        let requests = || {
+            self.requests
+                .with_label_values(&[r.route, method, class, decision])
+        };
+        let duration = || self.request_duration.with_label_values(&[r.route]);
+        let upstream = || self.upstream_duration.with_label_values(&[r.route]);
+        match r.series {
+            Some(series) => {
+                let index = (method_index * CLASSES.len() + class_index) * 2 + decision_index;
+                match series.requests.get(index) {
+                    Some(counter) => counter.get_or_init(requests).inc(),
+                    None => requests().inc(),
+                }
+                series
+                    .duration
+                    .get_or_init(duration)
+                    .observe(r.duration_seconds);
+                if let Some(up) = r.upstream_seconds {
+                    series.upstream.get_or_init(upstream).observe(up);
+                }
+            }
+            None => {
+                requests().inc();
+                duration().observe(r.duration_seconds);
+                if let Some(up) = r.upstream_seconds {
+                    upstream().observe(up);
+                }
+            }
         }
         if let Some(reason) = r.refusal {
             self.refusals.with_label_values(&[r.route, reason]).inc();
@@ -484,5 +545,60 @@ fn method_label(method: &str) -> &str {
     match method {
         "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(m: &Metrics) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn record(
+        m: &Metrics,
+        method: &str,
+        status: u16,
+        refusal: Option<&str>,
+        series: Option<&RouteSeries>,
+    ) {
+        m.record(&RequestRecord {
+            route: "r1",
+            method,
+            status,
+            refusal,
+            duration_seconds: 0.001,
+            upstream_seconds: refusal.is_none().then_some(0.0005),
+            redacted: 0,
+            series,
+        });
+    }
+
+    #[test]
+    fn kept_route_series_count_the_same_series_as_a_label_lookup() {
+        let m = Metrics::new().unwrap();
+        let series = RouteSeries::new();
+        // Nothing counted yet: no series for the route (as without the cache).
+        assert!(!exposition(&m).contains("route=\"r1\""));
+        record(&m, "GET", 200, None, Some(&series));
+        record(&m, "GET", 200, None, None);
+        record(&m, "GET", 204, None, Some(&series));
+        record(&m, "BREW", 401, Some("missing_token"), Some(&series));
+        record(&m, "PUT", 503, Some("upstream_unreachable"), Some(&series));
+        let text = exposition(&m);
+        for line in [
+            "portcullis_requests_total{decision=\"allow\",method=\"GET\",route=\"r1\",status_class=\"2xx\"} 3",
+            "portcullis_requests_total{decision=\"refuse\",method=\"other\",route=\"r1\",status_class=\"4xx\"} 1",
+            "portcullis_requests_total{decision=\"refuse\",method=\"PUT\",route=\"r1\",status_class=\"5xx\"} 1",
+            "portcullis_request_duration_seconds_count{route=\"r1\"} 5",
+            "portcullis_upstream_duration_seconds_count{route=\"r1\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

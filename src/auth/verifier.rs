@@ -289,14 +289,15 @@ impl Verifier {
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
         // A JWT is verified, never sent to an introspection endpoint; any
         // other token goes to the route's introspection issuers, if any.
-        if !looks_like_jwt(token) {
-            if let Some(introspector) = &self.introspector {
-                let candidates = self.introspection_candidates(accepted);
-                if !candidates.is_empty() {
-                    return introspector
-                        .introspect(token, &candidates, now, self.kept_claims.as_deref())
-                        .await;
-                }
+        // (Shape is only asked where an introspector could take the token:
+        // the check decodes and parses the header, which allocates.)
+        let introspector = self.introspector.as_ref();
+        if let Some(introspector) = introspector.filter(|_| !looks_like_jwt(token)) {
+            let candidates = self.introspection_candidates(accepted);
+            if !candidates.is_empty() {
+                return introspector
+                    .introspect(token, &candidates, now, self.kept_claims.as_deref())
+                    .await;
             }
         }
         let Some(cache) = &self.cache else {

@@ -190,6 +190,8 @@ impl EdgeApp {
                 server.keepalive_timeout
             };
             let started = Instant::now();
+            // One allocation per request: the head is read here and handed
+            // to pingora whole (`set_pipelined_prefix` takes it by value).
             let mut buf = BytesMut::new();
             // At a shutdown, an idle keep-alive connection closes at once; a
             // connection accepted just before it gets a short grace for the
@@ -235,6 +237,8 @@ impl EdgeApp {
                 None => session.set_keepalive(None),
             }
             session.set_pipelined_prefix(buf);
+            // pingora's `HttpServerApp` is an async_trait: its future is boxed
+            // once per request (as are the ProxyHttp phases' futures).
             let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
                 return;
             };
@@ -256,6 +260,7 @@ impl EdgeApp {
             duration_seconds: duration,
             upstream_seconds: None,
             redacted: 0,
+            series: None,
         });
         if self.audit.enabled() {
             self.audit.write(&AuditRecord {

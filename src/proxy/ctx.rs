@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::headers::RequestId;
 use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pipeline::Progress;
@@ -14,7 +15,7 @@ use crate::shutdown::InFlightGuard;
 pub struct RequestCtx {
     pub started: Instant,
     pub state: Option<Arc<GatewayState>>,
-    pub request_id: String,
+    pub request_id: RequestId,
     /// What the decision pipeline established (route, client, identity).
     pub progress: Progress,
     /// Canonical socket peer.
@@ -51,7 +52,7 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             state: None,
-            request_id: String::new(),
+            request_id: RequestId::default(),
             progress: Progress::default(),
             peer: None,
             peer_trusted: false,

@@ -5,6 +5,7 @@
 //! and forwarding headers, and only then does the gateway add its own. So a
 //! client can neither forge an identity header nor nominate one for removal.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use http::header::{HeaderName, HeaderValue};
@@ -66,7 +67,11 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct Forwarding<'a> {
     pub route: &'a RouteConfig,
     pub upstream: &'a UpstreamConfig,
-    pub request_id: &'a str,
+    /// `route.name` as a header value, made at state build (`None`: made here).
+    pub route_name: Option<&'a HeaderValue>,
+    /// `upstream.host_header` as a header value, made at state build.
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a RequestId,
     pub client_id: Option<&'a str>,
     pub subject: Option<&'a str>,
     /// Socket peer (canonical).
@@ -86,6 +91,16 @@ pub struct Forwarding<'a> {
 
 /// Rewrite `upstream` (a copy of the downstream request) for forwarding.
 /// `downstream` is the request exactly as the client sent it.
+///
+/// Allocations here (counted by `examples/alloc_per_request.rs`), each
+/// needed: pingora's `insert_header` turns every name into a `HeaderName`
+/// through its bytes, so a name outside the standard set (`X-Forwarded-*`,
+/// `X-Request-Id`, `X-Portcullis-*`) costs a copy plus the shared buffer of
+/// its clone into the case map; the request's two header maps (values and
+/// case) grow as the gateway's headers are added, and pingora has no way to
+/// reserve them. Values made once (the route name, the upstream `Host`, the
+/// protocol) are shared, not copied; per-request values (client address,
+/// request id, claims) are one copy each, as a `HeaderValue` owns its bytes.
 pub fn prepare(
     downstream: &RequestHeader,
     upstream: &mut RequestHeader,
@@ -129,20 +144,34 @@ pub fn prepare(
     let forwarded_host = downstream.headers.get(http::header::HOST).cloned();
     remove_aliased(upstream, FORWARDING);
     if let Some(peer) = f.peer {
-        let value = forwarding_value(f.client_ip_header, believed, peer);
-        upstream.insert_header(f.client_ip_header.name(), value)?;
+        // Formatted on the stack; the header value is its one copy.
+        let mut text = StackText::new();
+        if write_forwarding_value(&mut text, f.client_ip_header, believed.as_ref(), peer).is_ok() {
+            upstream.insert_header(f.client_ip_header.name(), text.as_bytes())?;
+        } else {
+            // A chain of trusted hops longer than the stack buffer.
+            let mut long = String::new();
+            let _ = write_forwarding_value(&mut long, f.client_ip_header, believed.as_ref(), peer);
+            upstream.insert_header(f.client_ip_header.name(), long)?;
+        }
     }
-    upstream.insert_header("x-forwarded-proto", f.proto)?;
+    upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(f.proto))?;
     if let Some(host) = forwarded_host {
         upstream.insert_header("x-forwarded-host", host)?;
     }
     // 5. The gateway's own identity headers.
-    upstream.insert_header(REQUEST_ID, f.request_id)?;
-    upstream.insert_header(ROUTE, f.route.name.as_str())?;
+    upstream.insert_header(REQUEST_ID, f.request_id.header())?;
+    match f.route_name {
+        Some(name) => upstream.insert_header(ROUTE, name.clone())?,
+        None => upstream.insert_header(ROUTE, f.route.name.as_str())?,
+    }
     set_optional(upstream, CLIENT_ID, f.client_id)?;
     set_optional(upstream, SUBJECT, f.subject)?;
     // 6. Host and credentials.
-    upstream.insert_header(http::header::HOST, f.upstream.host_header.as_str())?;
+    match f.host {
+        Some(host) => upstream.insert_header(http::header::HOST, host.clone())?,
+        None => upstream.insert_header(http::header::HOST, f.upstream.host_header.as_str())?,
+    }
     if f.route.strip_authorization {
         upstream.remove_header(&http::header::AUTHORIZATION);
         match &f.upstream.auth {
@@ -228,34 +257,64 @@ fn remove_aliased(upstream: &mut RequestHeader, names: &[&str]) {
 /// The forwarding header sent upstream: the client the gateway believes
 /// (`unknown` when it could not tell, never a trusted proxy in its place),
 /// the trusted hops after it, and the socket peer.
-fn forwarding_value(
+fn write_forwarding_value(
+    out: &mut impl fmt::Write,
     header: ClientIpHeader,
-    believed: Option<(Option<IpAddr>, Vec<IpAddr>)>,
+    believed: Option<&(Option<IpAddr>, Vec<IpAddr>)>,
     peer: IpAddr,
-) -> String {
-    let mut out = String::new();
-    let mut push = |hop: Option<IpAddr>| {
-        if !out.is_empty() {
-            out.push_str(", ");
+) -> fmt::Result {
+    let mut first = true;
+    let mut push = |hop: Option<IpAddr>| -> fmt::Result {
+        if !first {
+            out.write_str(", ")?;
         }
+        first = false;
         match (header, hop) {
-            (ClientIpHeader::XForwardedFor, Some(ip)) => out.push_str(&ip.to_string()),
-            (ClientIpHeader::XForwardedFor, None) => out.push_str("unknown"),
-            (ClientIpHeader::Forwarded, Some(IpAddr::V6(ip))) => {
-                out.push_str(&format!("for=\"[{ip}]\""))
-            }
-            (ClientIpHeader::Forwarded, Some(ip)) => out.push_str(&format!("for={ip}")),
-            (ClientIpHeader::Forwarded, None) => out.push_str("for=unknown"),
+            (ClientIpHeader::XForwardedFor, Some(ip)) => write!(out, "{ip}"),
+            (ClientIpHeader::XForwardedFor, None) => out.write_str("unknown"),
+            (ClientIpHeader::Forwarded, Some(IpAddr::V6(ip))) => write!(out, "for=\"[{ip}]\""),
+            (ClientIpHeader::Forwarded, Some(ip)) => write!(out, "for={ip}"),
+            (ClientIpHeader::Forwarded, None) => out.write_str("for=unknown"),
         }
     };
     if let Some((client, hops)) = believed {
-        push(client);
+        push(*client)?;
         for hop in hops {
-            push(Some(hop));
+            push(Some(*hop))?;
         }
     }
-    push(Some(peer));
-    out
+    push(Some(peer))
+}
+
+/// Text formatted into a fixed buffer: `fmt::Error` once it is full.
+struct StackText {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl StackText {
+    fn new() -> StackText {
+        StackText {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Set a gateway header from a claim value. A value that cannot be a header
@@ -267,6 +326,7 @@ fn set_optional(
     value: Option<&str>,
 ) -> pingora_error::Result<()> {
     if let Some(value) = value {
+        // One copy of the claim's text: a HeaderValue owns its bytes.
         match HeaderValue::from_str(value) {
             Ok(v) => {
                 upstream.insert_header(name, v)?;
@@ -280,27 +340,78 @@ fn set_optional(
     Ok(())
 }
 
+/// A request's id, held as the header value it is sent as (upstream and
+/// back to the client): a clone shares its bytes, so the id costs one
+/// allocation per request when the gateway makes it, none when the client's
+/// is kept (a clone of the value pingora parsed).
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Made from visible ASCII only (`request_id`), so never empty here
+        // unless it is the not-yet-set default.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The `X-Request-Id` value.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    /// Not set yet (an empty id).
+    fn default() -> RequestId {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// A client's `X-Request-Id` is kept when it is a sane token: 1..=128
 /// visible ASCII characters. Otherwise the gateway makes a new one.
-pub fn request_id(downstream: &RequestHeader) -> String {
-    request_id_from(
-        downstream
-            .headers
-            .get_all(REQUEST_ID)
-            .iter()
-            .map(|v| v.as_bytes()),
+pub fn request_id(downstream: &RequestHeader) -> RequestId {
+    let mut values = downstream.headers.get_all(REQUEST_ID).iter();
+    if let (Some(v), None) = (values.next(), values.next()) {
+        if is_sane_request_id(v.as_bytes()) {
+            return RequestId(v.clone());
+        }
+    }
+    let mut hex = [0u8; 32];
+    new_request_id_into(&mut hex);
+    // Owned by a reference-counted buffer from the start: this is the id's
+    // one allocation, and its clones (upstream, answer) share it.
+    RequestId(
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
     )
+}
+
+fn is_sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
 }
 
 /// [`request_id`] over the raw values of every `X-Request-Id` field (the
 /// edge answers before pingora has parsed the head).
 pub fn request_id_from<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> String {
     if let (Some(b), None) = (values.next(), values.next()) {
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
-        {
+        if is_sane_request_id(b) {
             if let Ok(s) = std::str::from_utf8(b) {
                 return s.to_string();
             }
@@ -309,9 +420,18 @@ pub fn request_id_from<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> String
     new_request_id()
 }
 
+/// For an answer at the edge, before there is a request to carry a `RequestId`.
 fn new_request_id() -> String {
+    let mut hex = [0u8; 32];
+    new_request_id_into(&mut hex);
+    String::from_utf8_lossy(&hex).into_owned()
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn new_request_id_into(out: &mut [u8; 32]) {
     let n: u128 = rand::random();
-    hex::encode(n.to_be_bytes())
+    // Cannot fail: 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(n.to_be_bytes(), out);
 }
 
 #[cfg(test)]

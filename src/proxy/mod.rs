@@ -412,6 +412,8 @@ impl ProxyHttp for Gateway {
         let forwarding = headers::Forwarding {
             route,
             upstream: &state.config.upstreams[route.upstream],
+            route_name: state.route_name_header(route_index),
+            host: state.host_header(route.upstream),
             request_id: &ctx.request_id,
             client_id: ctx.progress.client_id(),
             subject: ctx.progress.subject(),
@@ -511,7 +513,10 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        // Allocates: the name (not in pingora's standard set) and its
+        // case-map clone, and the growth of the answer's two header maps
+        // (pingora cannot reserve them); the id's value is shared.
+        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.header())?;
         // The caller's quota, not whatever the upstream says about its own.
         if let Some(verdict) = &ctx.rate_limit {
             upstream_response.insert_header("ratelimit-policy", verdict.policy.as_str())?;
@@ -604,6 +609,11 @@ impl ProxyHttp for Gateway {
             duration_seconds: duration,
             upstream_seconds: upstream,
             redacted: ctx.redacted,
+            series: ctx
+                .state
+                .as_ref()
+                .zip(ctx.progress.route)
+                .and_then(|(s, r)| s.route_series(r)),
         });
         if self.audit.enabled() {
             self.audit.write(&AuditRecord {

@@ -60,6 +60,7 @@ use pingora_proxy::Session;
 
 use super::body;
 use super::ctx::RequestCtx;
+use super::headers::RequestId;
 use super::state::GatewayState;
 use crate::config::model::RouteConfig;
 use crate::error::GatewayError;
@@ -80,7 +81,7 @@ const STALE_HEADERS: &[&str] = &[
 pub struct Admitted {
     state: Arc<GatewayState>,
     progress: crate::pipeline::Progress,
-    request_id: String,
+    request_id: RequestId,
     peer: Option<std::net::IpAddr>,
     peer_trusted: bool,
     body_len: Option<usize>,

@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use crate::auth::Verifier;
 use crate::clients::oauth::{Credential, TokenSource};
 use crate::clients::{ClientDirectory, HttpSource, Source};
 use crate::config::model::{ClientSourceConfig, ClientsConfig, UpstreamAuth, UpstreamConfig};
 use crate::config::Config;
+use crate::metrics::RouteSeries;
 use crate::quota::Quotas;
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
 
@@ -36,6 +39,16 @@ pub struct GatewayState {
     addresses: Vec<Vec<PeerAddress>>,
     /// `[[quotas]]` with their counters, and the `[cluster]` link.
     pub quotas: Arc<Quotas>,
+    /// Header values made once, not per request: each route's name
+    /// (`X-Portcullis-Route`, same index as `config.routes`) and each
+    /// upstream's `Host` (same index as `config.upstreams`). A clone shares
+    /// the bytes. `None` for a text that is no header value (the request
+    /// then fails as it would building it).
+    route_names: Vec<Option<HeaderValue>>,
+    host_headers: Vec<Option<HeaderValue>>,
+    /// Each route's request metrics, kept once looked up (same index as
+    /// `config.routes`).
+    route_series: Vec<RouteSeries>,
 }
 
 /// One upstream address.
@@ -182,6 +195,17 @@ impl GatewayState {
             })
             .collect();
         let quotas = Arc::new(Quotas::build(&config, previous.map(|p| &*p.quotas)));
+        let route_names = config
+            .routes
+            .iter()
+            .map(|r| HeaderValue::from_str(&r.name).ok())
+            .collect();
+        let host_headers = config
+            .upstreams
+            .iter()
+            .map(|u| HeaderValue::from_str(&u.host_header).ok())
+            .collect();
+        let route_series = config.routes.iter().map(|_| RouteSeries::new()).collect();
         GatewayState {
             config,
             verifier,
@@ -192,6 +216,9 @@ impl GatewayState {
             cursors,
             addresses,
             quotas,
+            route_names,
+            host_headers,
+            route_series,
         }
     }
 
@@ -199,6 +226,21 @@ impl GatewayState {
     /// `auth` is one.
     pub fn upstream_token(&self, index: usize) -> Option<&Arc<TokenSource>> {
         self.upstream_tokens.get(index)?.as_ref()
+    }
+
+    /// The `X-Portcullis-Route` value of route `index`.
+    pub fn route_name_header(&self, index: usize) -> Option<&HeaderValue> {
+        self.route_names.get(index)?.as_ref()
+    }
+
+    /// The request metrics of route `index`.
+    pub fn route_series(&self, index: usize) -> Option<&RouteSeries> {
+        self.route_series.get(index)
+    }
+
+    /// The `Host` value sent to upstream `index`.
+    pub fn host_header(&self, index: usize) -> Option<&HeaderValue> {
+        self.host_headers.get(index)?.as_ref()
     }
 
     /// Next address of upstream `index`, round-robin.
