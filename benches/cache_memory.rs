@@ -23,6 +23,9 @@
 //! `cargo bench --bench cache_memory` (`N` from `PORTCULLIS_BENCH_ENTRIES`,
 //! default 100,000; `cargo test` runs it with 1,000).
 
+#[path = "common/moka_token_cache.rs"]
+mod moka_token_cache;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,29 +51,6 @@ fn rss_kib() -> Option<u64> {
 }
 
 struct FiveMinutes;
-
-/// The value of the moka-based `TokenCache` before issue 17.
-#[derive(Clone)]
-#[allow(dead_code)] // held for its size only
-struct MokaCachedToken {
-    token: Arc<VerifiedToken>,
-    key_set: [u8; 32],
-    valid_until: u64,
-    ttl: Duration,
-}
-
-struct MokaPerEntry;
-
-impl moka::Expiry<[u8; 32], MokaCachedToken> for MokaPerEntry {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        value: &MokaCachedToken,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
 
 impl moka::Expiry<[u8; 32], u64> for FiveMinutes {
     fn expire_after_create(&self, _: &[u8; 32], _: &u64, _: Instant) -> Option<Duration> {
@@ -108,20 +88,14 @@ fn main() {
     });
     assert_eq!(moka.entry_count(), n, "every moka entry stays cached");
 
-    let moka_tokens: moka::sync::Cache<[u8; 32], MokaCachedToken> = moka::sync::Cache::builder()
-        .max_capacity(n)
-        .expire_after(MokaPerEntry)
-        .build();
+    let moka_tokens = moka_token_cache::new(n);
     let moka_token_entry = per_entry(n, || {
         for i in 0..n {
             let digest = TokenCache::digest(&format!("token-{i}"));
-            let value = MokaCachedToken {
-                token: Arc::new(bench_token(i)),
-                key_set: [0; 32],
-                valid_until: 4_000_000_000,
-                ttl: Duration::from_secs(300),
-            };
-            moka_tokens.insert(digest, value);
+            moka_tokens.insert(
+                digest,
+                moka_token_cache::entry(Arc::new(bench_token(i)), [0; 32]),
+            );
         }
         moka_tokens.run_pending_tasks();
     });

@@ -12,6 +12,8 @@
 //! per-entry expiry), in one run.
 
 mod common;
+#[path = "common/moka_token_cache.rs"]
+mod moka_token_cache;
 
 use common::{claims, jwks, load_config, scratch_dir, Key, ISSUER};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -20,7 +22,7 @@ use portcullis::auth::strict_json;
 use portcullis::auth::token_cache::{TokenCache, TokenCacheSettings};
 use portcullis::auth::{VerifiedToken, Verifier};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HMAC_ENV: &str = "PORTCULLIS_BENCH_HMAC_SECRET";
 const HMAC_ISSUER: &str = "vcf-sddc-manager";
@@ -134,29 +136,6 @@ entitlements_claim = "entitlements"
     group.finish();
 }
 
-/// The value of the moka-based `TokenCache` before issue 17.
-#[derive(Clone)]
-#[allow(dead_code)] // copied out on a hit, as before
-struct MokaCachedToken {
-    token: Arc<VerifiedToken>,
-    key_set: [u8; 32],
-    valid_until: u64,
-    ttl: Duration,
-}
-
-struct MokaPerEntry;
-
-impl moka::Expiry<[u8; 32], MokaCachedToken> for MokaPerEntry {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        value: &MokaCachedToken,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
-
 fn cache_get(c: &mut Criterion) {
     const ENTRIES: u64 = 100_000;
     const PROBED: usize = 4_096;
@@ -176,10 +155,7 @@ fn cache_get(c: &mut Criterion) {
         max_ttl: Duration::from_secs(300),
     };
     let cache = TokenCache::new(settings).unwrap();
-    let moka: moka::sync::Cache<[u8; 32], MokaCachedToken> = moka::sync::Cache::builder()
-        .max_capacity(ENTRIES)
-        .expire_after(MokaPerEntry)
-        .build();
+    let moka = moka_token_cache::new(ENTRIES);
     for d in &digests {
         cache.insert(
             *d,
@@ -188,13 +164,7 @@ fn cache_get(c: &mut Criterion) {
             4_000_000_000,
             1_000_000_000,
         );
-        let value = MokaCachedToken {
-            token: Arc::clone(&token),
-            key_set: [1; 32],
-            valid_until: 4_000_000_000,
-            ttl: Duration::from_secs(300),
-        };
-        moka.insert(*d, value);
+        moka.insert(*d, moka_token_cache::entry(Arc::clone(&token), [1; 32]));
     }
     moka.run_pending_tasks();
     // Spread over the whole cache, not one hot line.

@@ -25,11 +25,13 @@ use pingora_core::apps::ServerApp;
 use pingora_core::connectors::http::v1::Connector;
 use pingora_core::protocols::http::v1::server::HttpSession as DownstreamSession;
 use pingora_core::protocols::Stream;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::ShutdownWatch;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
+
+#[path = "common/bare.rs"]
+mod bare;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -105,19 +107,8 @@ impl ServerApp for CoreProxy {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: bare_core LISTEN UPSTREAM   (both IP:PORT)");
-        std::process::exit(64);
-    };
-    let work_stealing = std::env::var("BARE_WORK_STEALING").map_or(true, |v| v != "0");
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let (listen, upstream) = bare::listen_and_upstream("bare_core");
+    let mut server = bare::server();
     let app = CoreProxy {
         connector: Connector::new(None),
         peer: HttpPeer::new(upstream.as_str(), false, String::new()),

@@ -15,10 +15,11 @@
 //! `cargo run --release --example bare_pingora 127.0.0.1:18409 127.0.0.1:18400`.
 
 use async_trait::async_trait;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::{ProxyHttp, Session};
+
+#[path = "common/bare.rs"]
+mod bare;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,20 +61,9 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: bare_pingora LISTEN UPSTREAM   (both IP:PORT)");
-        std::process::exit(64);
-    };
+    let (listen, upstream) = bare::listen_and_upstream("bare_pingora");
     let no_modules = std::env::var("BARE_MODULES").is_ok_and(|v| v == "none");
-    let work_stealing = std::env::var("BARE_WORK_STEALING").map_or(true, |v| v != "0");
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let mut server = bare::server();
     let peer = std::env::var("BARE_PEER")
         .is_ok_and(|v| v == "clone")
         .then(|| HttpPeer::new(upstream.as_str(), false, String::new()));

@@ -300,6 +300,9 @@ struct FloodReport {
     reopened: usize,
     /// Connections still open when the flood stopped.
     open_at_end: usize,
+    /// Why connections of the first wave did not open, by error (so that a
+    /// short first wave says whether the gateway or the test host refused).
+    first_wave_errors: std::collections::BTreeMap<String, usize>,
 }
 
 /// 1,000 connections from [`FLOOD_SRC`], each sending a request line and then
@@ -317,16 +320,12 @@ impl Flood {
         let (opened_tx, opened_rx) = mpsc::channel();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let open = |socks: &mut Vec<TcpStream>| -> bool {
-                match connect_from(FLOOD_SRC, addr) {
-                    Ok(mut s) => {
-                        let _ = s.write_all(b"GET /open/flood HTTP/1.1\r\n");
-                        s.set_nonblocking(true).ok();
-                        socks.push(s);
-                        true
-                    }
-                    Err(_) => false,
-                }
+            let open = |socks: &mut Vec<TcpStream>| -> Result<(), std::io::Error> {
+                let mut s = connect_from(FLOOD_SRC, addr)?;
+                let _ = s.write_all(b"GET /open/flood HTTP/1.1\r\n");
+                s.set_nonblocking(true).ok();
+                socks.push(s);
+                Ok(())
             };
             let mut report = FloodReport::default();
             let mut socks = Vec::with_capacity(FLOOD);
@@ -334,7 +333,9 @@ impl Flood {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
-                open(&mut socks);
+                if let Err(e) = open(&mut socks) {
+                    *report.first_wave_errors.entry(e.to_string()).or_default() += 1;
+                }
             }
             report.opened = socks.len();
             std::thread::sleep(Duration::from_secs(1));
@@ -352,7 +353,7 @@ impl Flood {
                     kept.push(s);
                 }
                 while kept.len() < FLOOD && !flag.load(Ordering::Relaxed) {
-                    if !open(&mut kept) {
+                    if open(&mut kept).is_err() {
                         break;
                     }
                     report.reopened += 1;
