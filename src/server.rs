@@ -99,7 +99,7 @@ impl BackgroundService for SignalReload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtimes {
     /// One single-threaded tokio runtime per `threads` (pingora's no-steal
-    /// flavour): a connection's tasks stay on the thread that accepted it.
+    /// flavour): a connection is handed to one of them and stays there.
     /// The load harness measured bare pingora 15 % cheaper per request with
     /// it (29.4 → 25.1 µs, `benches/load/README.md`). What the gateway runs.
     PerThread,
