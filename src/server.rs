@@ -100,8 +100,9 @@ impl BackgroundService for SignalReload {
 pub enum Runtimes {
     /// One single-threaded tokio runtime per `threads` (pingora's no-steal
     /// flavour): a connection is handed to one of them and stays there.
-    /// The load harness measured bare pingora 15 % cheaper per request with
-    /// it (29.4 → 25.1 µs, `benches/load/README.md`). What the gateway runs.
+    /// The load harness measured bare pingora 13 % cheaper per request with
+    /// it against nginx in the same run (2.37 × → 2.07 × nginx's CPU,
+    /// `benches/load/README.md`). What the gateway binary runs.
     PerThread,
     /// One multi-threaded runtime that steals work between threads. Needed
     /// when one process starts more than one server in turn (the test
