@@ -139,6 +139,21 @@ impl LimitedGateway {
             "the gateway did not become ready; log:\n{}",
             gw.log_text()
         );
+        // `/readyz` answers from the admin listener, which pingora may bind a
+        // moment before the proxy's: a flood started in between had its
+        // first connections refused (seen 2 times in 17 runs).
+        let listening = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&gw.proxy, Duration::from_secs(1)).is_ok()
+        });
+        // The probe holds a slot of the global cap until the edge sees it close.
+        let released = wait_until(Duration::from_secs(5), || {
+            gw.metric("portcullis_connections_open ") == 0.0
+        });
+        assert!(
+            listening && released,
+            "the proxy listener did not accept (or keeps the probe); log:\n{}",
+            gw.log_text()
+        );
         assert_eq!(
             gw.fd_limit(),
             Some(FD_LIMIT),
