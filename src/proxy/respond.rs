@@ -78,13 +78,7 @@ fn render_with_id(
     resp.insert_header("content-length", HeaderValue::from(body.len()))?;
     resp.insert_header("x-request-id", id_header)?;
     resp.insert_header("cache-control", HeaderValue::from_static("no-store"))?;
-    if matches!(err, GatewayError::MissingToken) {
-        // The most common refusal's challenge is a constant.
-        resp.insert_header(
-            "www-authenticate",
-            HeaderValue::from_static(MISSING_TOKEN_CHALLENGE),
-        )?;
-    } else if let Some(challenge) = challenge(err) {
+    if let Some(challenge) = challenge(err) {
         resp.insert_header("www-authenticate", challenge)?;
     }
     if let GatewayError::MethodNotAllowed { allow } = err {
@@ -99,20 +93,25 @@ fn render_with_id(
 }
 
 /// RFC 6750 §3 challenge for 401 / 403-insufficient-scope, else None.
-fn challenge(err: &GatewayError) -> Option<String> {
-    match err {
+/// The most common refusal's (no token) is a constant, not copied.
+fn challenge(err: &GatewayError) -> Option<HeaderValue> {
+    let text = match err {
         // No credentials at all: no `error` attribute (RFC 6750 §3.1).
-        GatewayError::MissingToken => Some(MISSING_TOKEN_CHALLENGE.to_string()),
-        GatewayError::InvalidToken(fault) => Some(format!(
+        GatewayError::MissingToken => {
+            return Some(HeaderValue::from_static(MISSING_TOKEN_CHALLENGE))
+        }
+        GatewayError::InvalidToken(fault) => format!(
             "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
             description(*fault)
-        )),
-        GatewayError::InsufficientEntitlements { required, .. } => Some(format!(
+        ),
+        GatewayError::InsufficientEntitlements { required, .. } => format!(
             "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
             quoted_safe(required)
-        )),
-        _ => None,
-    }
+        ),
+        _ => return None,
+    };
+    // Quoted-safe text of the gateway's own: always a header value.
+    HeaderValue::try_from(text).ok()
 }
 
 fn description(fault: TokenFault) -> &'static str {
